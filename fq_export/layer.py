@@ -1,0 +1,197 @@
+"""The quantized linear layer and the routine that makes one from an ``nn.Linear``.
+
+``FrameQuantLinear`` stores only what DESIGN.md section 2 lists: packed codes of ``D_hat``,
+per-row fp16 scale and zero, the bias, and the recipes of both sides (rotation seeds, frame
+triples), bits and the packing layout version. Its forward pass runs the five steps
+
+    u = R_in^T x;  c = T_in^T u;  z = D_hat c;  v = T_out z;  y = R_out v + b
+
+with fast transforms, never a dense ``W``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import packing
+from .basis import SideBasis, SideRecipe
+from .config import QuantConfig
+from .gptq import gptq_quantize
+from .grid import RowGrid, clip_rows
+
+
+class FrameQuantLinear(nn.Module):
+    """Drop-in replacement of ``nn.Linear(in_features, out_features)``.
+
+    Shapes: ``x (..., in_features) -> y (..., out_features)``. Dense equivalent:
+    ``y = x @ (P_out D_hat P_in^T).T + bias``.
+    """
+
+    def __init__(
+        self,
+        in_recipe: SideRecipe,
+        out_recipe: SideRecipe,
+        bits: int,
+        packed_codes: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor,
+        bias: torch.Tensor | None,
+        method: str = "framequant",
+        layout_version: int = packing.LAYOUT_VERSION,
+    ):
+        super().__init__()
+        packing.check_bits(bits)
+        if layout_version != packing.LAYOUT_VERSION:
+            raise ValueError(f"packing layout version {layout_version} is not supported "
+                             f"(this fq-export reads version {packing.LAYOUT_VERSION})")
+        self.in_recipe, self.out_recipe = in_recipe, out_recipe
+        self.in_features, self.out_features = in_recipe.dim, out_recipe.dim
+        self.bits, self.method, self.layout_version = bits, method, layout_version
+        rows, cols = out_recipe.size, in_recipe.size
+        expected = (rows, packing.words_per_row(cols, bits))
+        if tuple(packed_codes.shape) != expected:
+            raise ValueError(f"packed codes of shape {tuple(packed_codes.shape)} do not match "
+                             f"{rows}x{cols} codes at {bits} bits (expected {expected})")
+        if scale.numel() != rows or zero.numel() != rows:
+            raise ValueError(f"scale/zero must have {rows} entries, got {scale.numel()} and {zero.numel()}")
+        if bias is not None and bias.numel() != self.out_features:
+            raise ValueError(f"bias must have {self.out_features} entries, got {bias.numel()}")
+        self.register_buffer("packed_codes", packed_codes.to(torch.int32).contiguous())
+        self.register_buffer("scale", scale.reshape(rows).to(torch.float16))
+        self.register_buffer("zero", zero.reshape(rows).to(torch.float16))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
+        self.in_basis, self.out_basis = SideBasis(in_recipe), SideBasis(out_recipe)
+        # Dequantized D_hat, derived from the stored codes once (not saved).
+        self.register_buffer("_dequantized", self.dequantized_codes(), persistent=False)
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """``(K_out, K_in)``: the shape of ``D_hat``."""
+        return self.out_recipe.size, self.in_recipe.size
+
+    def codes(self) -> torch.Tensor:
+        return packing.unpack_codes(self.packed_codes, self.bits, self.in_recipe.size)
+
+    def dequantized_codes(self) -> torch.Tensor:
+        """``D_hat = scale * (codes - zero)`` (``K_out x K_in``, float32)."""
+        scale = self.scale.to(torch.float32).unsqueeze(1)
+        zero = self.zero.to(torch.float32).unsqueeze(1)
+        return scale * (self.codes().to(torch.float32) - zero)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        c = self.in_basis.to_frame(x.to(torch.float32))  # steps 1-2
+        z = c @ self._dequantized.T  # step 3
+        y = self.out_basis.from_frame(z)  # steps 4-5
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(dtype)
+
+    def dense_weight(self) -> torch.Tensor:
+        """``W_hat = P_out D_hat P_in^T`` (``out x in``, float64), for tests and debugging."""
+        d_hat = self._dequantized.to(torch.float64).cpu()
+        left = self.out_basis.from_frame(d_hat.T).T  # P_out D_hat: (out, K_in)
+        return self.in_basis.from_frame(left)  # rows b -> P_in b: (out, in)
+
+    @property
+    def code_bits(self) -> int:
+        """Bits of everything stored per layer besides the bias: packed codes + fp16 scale/zero."""
+        return self.packed_codes.numel() * 32 + 32 * self.out_recipe.size
+
+    @property
+    def effective_bits(self) -> float:
+        """``(stored code bits + 32 K_out) / (m n)``, padding of the packed rows included."""
+        return self.code_bits / (self.in_features * self.out_features)
+
+    def extra_repr(self) -> str:
+        k_out, k_in = self.frame_shape
+        return (f"in={self.in_features}, out={self.out_features}, frame={k_out}x{k_in}, bits={self.bits}, "
+                f"method={self.method}, effective_bits={self.effective_bits:.3f}")
+
+    def metadata(self) -> dict:
+        return {
+            "in": self.in_recipe.to_dict(),
+            "out": self.out_recipe.to_dict(),
+            "bits": self.bits,
+            "method": self.method,
+            "layout_version": self.layout_version,
+            "has_bias": self.bias is not None,
+        }
+
+
+@dataclass
+class LayerStats:
+    name: str
+    method: str
+    redundancy_in: float
+    redundancy_out: float
+    bits: int
+    effective_bits: float
+    frame_proxy_loss: float  # ||(D - D_hat) C||^2 / ||D C||^2 on the calibration Hessian
+    seconds: float
+
+
+def side_recipes(config: QuantConfig, in_features: int, out_features: int, name: str):
+    r_in = config.redundancy if config.use_frames else None
+    r_out = (config.redundancy if config.redundancy_side == "both" else 1.0) if config.use_frames else None
+    return (
+        SideRecipe.make(in_features, config.rotate, r_in, config.layer_seed(name, "in")),
+        SideRecipe.make(out_features, config.rotate, r_out, config.layer_seed(name, "out")),
+    )
+
+
+def quantize_linear(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    hessian: torch.Tensor | None,
+    config: QuantConfig,
+    name: str = "layer",
+) -> tuple[FrameQuantLinear, LayerStats]:
+    """Quantize ``W`` (``out x in``) with ``config``; ``hessian`` is ``X X^T / N`` (``in x in``).
+
+    The Hessian may be ``None`` only for RTN. Computation is float64 on the weight's device.
+    """
+    start = time.perf_counter()
+    out_features, in_features = weight.shape
+    if config.use_gptq and hessian is None:
+        raise ValueError(f"layer {name}: method {config.method} needs calibration inputs (a Hessian)")
+    in_recipe, out_recipe = side_recipes(config, in_features, out_features, name)
+    in_basis, out_basis = SideBasis(in_recipe), SideBasis(out_recipe)
+    w = weight.detach().to(torch.float64)
+    # D = P_out^T W P_in with fast transforms: rows of W through P_in^T, then columns through P_out^T.
+    d = out_basis.to_frame(in_basis.to_frame(w).T).T
+    h_frame = None
+    if hessian is not None:
+        h = hessian.to(w.device, torch.float64)
+        h_frame = in_basis.to_frame(in_basis.to_frame(h).T)  # P_in^T H P_in
+    d_clipped = clip_rows(d, config.effective_clip)
+    grid = RowGrid.fit(d_clipped, config.bits)
+    if config.use_gptq:
+        codes = gptq_quantize(d_clipped, h_frame, grid, config.block_size, config.damp, config.act_order)
+    else:
+        codes = grid.codes(d_clipped)
+    layer = FrameQuantLinear(
+        in_recipe, out_recipe, config.bits,
+        packing.pack_codes(codes.to(torch.int64).cpu(), config.bits),
+        grid.scale.cpu(), grid.zero.cpu(),
+        None if bias is None else bias.detach().cpu(), method=config.label,
+    ).to(weight.device)
+    proxy = math.nan
+    if h_frame is not None:
+        err = (d - layer.dequantized_codes().to(d))
+        proxy = float(torch.trace(err @ h_frame @ err.T) / torch.trace(d @ h_frame @ d.T).clamp_min(1e-300))
+    stats = LayerStats(name, config.label, in_recipe.redundancy, out_recipe.redundancy, config.bits,
+                       layer.effective_bits, proxy, time.perf_counter() - start)
+    return layer, stats
+
+
+def relative_output_error(weight: torch.Tensor, weight_hat: torch.Tensor, hessian: torch.Tensor) -> float:
+    """``||W X - W_hat X||_F^2 / ||W X||_F^2`` from ``H = X X^T / N`` of (held-out) inputs."""
+    w = weight.to(torch.float64)
+    err = w - weight_hat.to(w)
+    h = hessian.to(w)
+    return float(torch.trace(err @ h @ err.T) / torch.trace(w @ h @ w.T))
