@@ -48,8 +48,9 @@ def load_timm(alias: str, timm_name: str, weights: str | None, random_weights: b
             raise UnknownModelError(f"weights {weights} do not fit {timm_name}: missing {missing[:5]}...")
         source["weights"] = str(Path(weights).resolve())
     elif random_weights:
-        torch.manual_seed(0)
-        model = timm.create_model(timm_name, pretrained=False)
+        with torch.random.fork_rng(devices=[]):  # seeded, leaving the caller's RNG untouched
+            torch.manual_seed(0)
+            model = timm.create_model(timm_name, pretrained=False)
         source["random_weights"] = True
     else:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
