@@ -1,0 +1,125 @@
+"""The quantized layer: five-step forward against the dense reconstruction from dense P."""
+import numpy as np
+import pytest
+import torch
+
+from fq_export import packing
+from fq_export.basis import SideBasis
+from fq_export.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fq_export.config import QuantConfig
+from fq_export.layer import FrameQuantLinear, quantize_linear, relative_output_error
+
+CONFIGS = [
+    QuantConfig(method="rtn"),
+    QuantConfig(method="gptq"),
+    QuantConfig(method="quip"),
+    QuantConfig(method="quip-clip"),
+    QuantConfig(method="framequant", redundancy=1.0),
+    QuantConfig(method="framequant", redundancy=1.1),
+    QuantConfig(method="framequant", redundancy=1.2, redundancy_side="input", bits=3),
+]
+
+
+def problem(m=96, n=128, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(m, n, generator=gen) / n**0.5
+    x = torch.randn(512, n, generator=gen) @ (torch.eye(n) + 0.3 * torch.randn(n, n, generator=gen) / n**0.5)
+    h = (x.double().T @ x.double()) / 512
+    return w, torch.randn(m, generator=gen), x, h
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.label)
+def test_forward_matches_dense_reconstruction(config):
+    w, b, x, h = problem()
+    layer, stats = quantize_linear(w, b, h, config, "blk.fc")
+    # Independent reference: dense P from dense frame and rotation matrices.
+    p_in, p_out = SideBasis(layer.in_recipe).dense(), SideBasis(layer.out_recipe).dense()
+    np.testing.assert_allclose(p_in @ p_in.T, np.eye(128), atol=1e-12)
+    d_hat = layer.dequantized_codes().double().numpy()
+    w_hat = p_out @ d_hat @ p_in.T
+    np.testing.assert_allclose(layer.dense_weight().numpy(), w_hat, atol=1e-10)
+    y = layer(x[:16])
+    ref = x[:16].double() @ torch.from_numpy(w_hat).T + b.double()
+    # float32 path through rotations and frames: error relative to the output scale.
+    assert (y.double() - ref).abs().max() < 1e-4 * ref.abs().max()
+    k_out, k_in = layer.frame_shape
+    expected_bits = (k_out * packing.words_per_row(k_in, config.bits) * 32 + 32 * k_out) / (96 * 128)
+    assert stats.effective_bits == pytest.approx(expected_bits)
+
+
+def test_methods_rank_as_expected_on_correlated_inputs():
+    w, b, x, h = problem(128, 256, seed=3)
+    errors = {}
+    for config in (QuantConfig(method="rtn"), QuantConfig(method="gptq"), QuantConfig(method="framequant", redundancy=1.1)):
+        layer, _ = quantize_linear(w, b, h, config, "l")
+        errors[config.method] = relative_output_error(w, layer.dense_weight(), h)
+    assert errors["framequant"] < errors["gptq"] < errors["rtn"]
+
+
+def test_layer_state_holds_only_codes_scales_bias():
+    w, b, _, h = problem()
+    layer, _ = quantize_linear(w, b, h, QuantConfig(), "l")
+    assert set(layer.state_dict()) == {"packed_codes", "scale", "zero", "bias"}
+    assert layer.packed_codes.dtype == torch.int32 and layer.scale.dtype == torch.float16
+
+
+def test_checkpoint_roundtrip_is_bit_identical(tmp_path):
+    w, b, x, h = problem()
+    layer, _ = quantize_linear(w, b, h, QuantConfig(redundancy=1.1), "enc.0.fc")
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, {"enc.0.fc": layer}, {"model": {"model": "toy"}})
+    loaded, meta = load_checkpoint(path)
+    assert meta["model"] == {"model": "toy"}
+    assert torch.equal(loaded["enc.0.fc"](x), layer(x))
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(bad)
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(2)}, str(plain))
+    with pytest.raises(CheckpointError, match="not an fq-export checkpoint"):
+        load_checkpoint(plain)
+    # A layer whose codes do not fit its recipe.
+    w, b, _, h = problem()
+    layer, _ = quantize_linear(w, b, h, QuantConfig(), "fc")
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(good, {"fc": layer})
+    from safetensors.torch import load_file
+
+    import json
+    from safetensors import safe_open
+
+    tensors = load_file(str(good))
+    with safe_open(str(good), "pt") as handle:
+        meta = handle.metadata()
+    tensors["fc.packed_codes"] = tensors["fc.packed_codes"][:, :-1].contiguous()
+    save_file(tensors, str(good), metadata=meta)
+    with pytest.raises(CheckpointError, match="does not match its recipe"):
+        load_checkpoint(good)
+    assert json.loads(meta["fq_export"])["layers"]["fc"]["bits"] == 2
+
+
+def test_layer_rejects_unknown_layout_version():
+    w, b, _, h = problem()
+    layer, _ = quantize_linear(w, b, h, QuantConfig(method="rtn"), "fc")
+    with pytest.raises(ValueError, match="layout version"):
+        FrameQuantLinear(layer.in_recipe, layer.out_recipe, 2, layer.packed_codes, layer.scale, layer.zero, None,
+                         layout_version=99)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="unknown method"):
+        QuantConfig(method="awq")
+    with pytest.raises(ValueError, match="bits"):
+        QuantConfig(bits=5)
+    with pytest.raises(ValueError, match="redundancy"):
+        QuantConfig(redundancy=0.5)
+    assert QuantConfig.from_dict(QuantConfig(redundancy=1.2).to_dict()) == QuantConfig(redundancy=1.2)
