@@ -1,0 +1,71 @@
+"""The command line as a user runs it, on the packaged all-MiniLM-L6-v2 and offline text."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fq_export.cli import main
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def test_layer_error_on_minilm_subset(tmp_path, capsys):
+    out = tmp_path / "le.json"
+    code = run_cli("layer-error", "--model", "minilm", "--bits", "2", "--calib-samples", "16",
+                   "--heldout-samples", "16", "--methods", "rtn,gptq,framequant-r1.1-both", "--json", out,
+                   "--no-progress")
+    assert code == 0
+    records = json.loads(out.read_text())
+    assert len(records) == 36 * 3
+    assert set(records[0]) >= {"layer", "method", "r", "bits", "effective_bits", "rel_proxy_loss", "seconds"}
+    by_method = {}
+    for r in records:
+        by_method.setdefault(r["method"], []).append(r["rel_proxy_loss"])
+    mean = {m: sum(v) / len(v) for m, v in by_method.items()}
+    assert mean["framequant-r1.1-both"] < mean["rtn"]
+    assert "mean_rel_proxy_loss" in capsys.readouterr().out
+
+
+def test_quantize_eval_roundtrip_is_deterministic(tmp_path):
+    args = ["quantize", "--model", "minilm", "--r", "1.1", "--bits", "2", "--calib-samples", "8", "--seed", "3",
+            "--no-progress"]
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert run_cli(*args, "--out", a, "--report", tmp_path / "a.json") == 0
+    assert run_cli(*args, "--out", b) == 0
+    assert a.read_bytes() == b.read_bytes()
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["totals"]["quantized_layers"] == 36 and 2.0 < report["totals"]["effective_bits"] < 3.0
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("sentence1\tsentence2\tscore\n"
+                     "A man is playing a guitar.\tA man plays the guitar.\t5.0\n"
+                     "A dog runs in the park.\tThe stock market fell today.\t0.2\n"
+                     "Children are reading books.\tKids read books in school.\t4.2\n"
+                     "The sun is hot.\tA cat sleeps on the sofa.\t0.5\n")
+    out = tmp_path / "eval.json"
+    assert run_cli("eval", "--checkpoint", a, "--pairs", pairs, "--limit", "32", "--json", out) == 0
+    result = json.loads(out.read_text())
+    assert -1.0 <= result["spearman"] <= 1.0 and 0.0 < result["embedding_cosine"] <= 1.0
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    assert run_cli("quantize", "--model", "no-such-model", "--out", tmp_path / "x.safetensors") == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert run_cli("quantize", "--model", "minilm", "--r", "0.5", "--out", tmp_path / "x.safetensors") == 2
+    assert "redundancy" in capsys.readouterr().err
+    assert run_cli("eval", "--checkpoint", tmp_path / "missing.safetensors", "--json", tmp_path / "e.json") == 2
+    assert "does not exist" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"garbage")
+    assert run_cli("eval", "--checkpoint", corrupt, "--json", tmp_path / "e.json") == 2
+    assert "safetensors" in capsys.readouterr().err
+    assert run_cli("quantize", "--model", "vit-b", "--out", tmp_path / "v.safetensors") == 2
+    assert "--weights" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.json")) and not (tmp_path / "x.safetensors").exists()
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "fq_export.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "layer-error" in out.stdout
