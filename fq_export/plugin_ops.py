@@ -2,9 +2,11 @@
 
 TensorRT's ONNX parser resolves a node it does not know by looking up a plugin creator whose
 name is the node's ``op_type``, whose version is the node attribute ``plugin_version`` and whose
-namespace is ``plugin_namespace``; the remaining attributes become the creator's plugin fields.
-The converters emit exactly these nodes, the onnxruntime custom-op implementation executes
-them, and the TensorRT plugins register these names. Every attribute is an ONNX INT.
+namespace is ``plugin_namespace`` (both STRING attributes, ``"1"`` and ``""``); the remaining
+attributes (ONNX INTs) become the creator's plugin fields. The node's domain is ignored by
+TensorRT; it is ``ai.onnx.contrib``, the domain of onnxruntime-extensions' Python custom ops, so
+the very file TensorRT parses also runs in onnxruntime (``converters.ort_ops``). The converters
+emit exactly these nodes and the TensorRT plugins register these names.
 
 ``FQHadamardRotation``: ``y = R x`` (``transpose=0``) or ``y = R^T x`` (``transpose=1``) on the
     last axis, ``R`` the randomized Hadamard rotation of ``fq_export.rotations`` with
@@ -15,15 +17,16 @@ them, and the TensorRT plugins register these names. Every attribute is an ONNX 
 ``FQPackedMatMul``: ``z = x @ D_hat^T`` with ``D_hat = scale * (codes - zero)`` row-wise.
     Inputs: ``x (..., in_features)`` fp16/fp32; ``packed_codes (out_features, words)`` int32 in
     the layout of ``fq_export.packing`` (version ``layout_version``); ``scale`` and ``zero``
-    ``(out_features,)`` fp16. Attributes ``bits``, ``in_features``, ``out_features``,
+    ``(out_features,)``: fp16 initializers in the file, each behind a ``Cast`` to fp32 (TensorRT
+    folds it; onnxruntime-extensions' Python ops take no fp16 inputs); the plugin accepts fp16 or fp32. Attributes ``bits``, ``in_features``, ``out_features``,
     ``layout_version``. Output ``(..., out_features)``.
 """
 from __future__ import annotations
 
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = ""
-#: the ONNX domain of plugin-form nodes (TensorRT ignores the domain; onnxruntime needs one)
-ONNX_DOMAIN = "fq.trt"
+#: the ONNX domain of plugin-form nodes (TensorRT ignores it; onnxruntime-extensions runs it)
+ONNX_DOMAIN = "ai.onnx.contrib"
 
 ROTATION_OP = "FQHadamardRotation"
 FRAME_OP = "FQFrameTransform"

@@ -1,0 +1,186 @@
+"""Per-layer timings of the plugins_trt kernels against cuBLAS fp16 (run on a GPU).
+
+For each shape (in_features x out_features) and row count M: the fused single-launch layer
+(M <= 16), the five-launch layer, "frames + dequantize + cuBLAS" (the transforms by the kernels,
+the matmul by torch.matmul on a D_hat decoded for each call), and cuBLAS fp16 on the dense weight
+(``torch.matmul``). At M = 1 also the bytes the fused layer must move and the fraction of the
+measured device-to-device copy bandwidth that this amounts to (percent of the memory roofline).
+
+Timing: CUDA graphs of 20 calls replayed, median of the replays (falls back to events around
+eager calls if a path cannot be captured); inputs rotate among 4 buffers.
+
+    python benchmarks/kernels.py --json benchmarks/results/kernels_h100.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fq_export import packing  # noqa: E402
+from plugins_trt import harness  # noqa: E402
+
+VIT_SHAPES = [(768, 768), (768, 3072), (3072, 768)]
+LLAMA_SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]
+ROWS = [1, 16, 197 * 8, 197 * 64]
+CALLS_PER_GRAPH = 20
+
+
+def time_fn(fn, inputs, reps=30) -> tuple[float, str]:
+    """Median microseconds per call of fn(x) over rotating inputs."""
+    for x in inputs:
+        fn(x)
+    torch.cuda.synchronize()
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for x in inputs:
+                fn(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for i in range(CALLS_PER_GRAPH):
+                fn(inputs[i % len(inputs)])
+        graph.replay()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1000 / CALLS_PER_GRAPH)
+        return statistics.median(times), "graph"
+    except Exception as err:  # noqa: BLE001 - report and fall back to eager timing
+        torch.cuda.synchronize()
+        note = f"eager ({type(err).__name__})"
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for i in range(CALLS_PER_GRAPH):
+            fn(inputs[i % len(inputs)])
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / CALLS_PER_GRAPH)
+    return statistics.median(times), note
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        b.copy_(a)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * n / statistics.median(times)
+
+
+def fused_bytes(layer) -> int:
+    """Bytes the fused layer must read/write at M = 1: codes, scale/zero, bias, tables, x and y."""
+    k_out, k_in = layer.frame_shape
+    total = layer.packed_codes.numel() * 4 + 4 * k_out + 4 * layer.out_features
+    total += 2 * (layer.in_features + layer.out_features)
+    for recipe in (layer.in_recipe, layer.out_recipe):
+        f = recipe.frame
+        kp = -(-f.k // 8) * 16
+        total += 8 * f.num_vectors // 2 + 8 * f.d + 2 * kp * kp + 4 * recipe.dim  # gathers, DFT, signs
+    return total
+
+
+def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy):
+    layer = harness.random_frame_layer(in_f, out_f, bits=bits, redundancy=redundancy, seed=in_f * 7 + out_f).cuda()
+    fused_kl, unfused_kl = harness.KernelLinear(layer, fused=True), harness.KernelLinear(layer, fused=False)
+    weight = torch.randn(out_f, in_f, device="cuda", dtype=torch.float16) / in_f**0.5
+    k_out, k_in = layer.frame_shape
+    results = []
+    for rows in rows_list:
+        inputs = [torch.randn(rows, in_f, device="cuda", dtype=torch.float16) for _ in range(4)]
+        row = {"in_features": in_f, "out_features": out_f, "M": rows, "K_in": k_in, "K_out": k_out, "bits": bits}
+        row["cublas_fp16_us"], _ = time_fn(lambda x: torch.matmul(x, weight.T), inputs)
+        row["five_launch_us"], row["five_launch_timing"] = time_fn(unfused_kl, inputs)
+        if rows <= 16:
+            row["fused_us"], row["fused_timing"] = time_fn(fused_kl, inputs)
+        if rows >= 197:
+            tables, ints = unfused_kl.tables(torch.device("cuda"))
+            mt = tables[8:11]
+
+            def dequant_cublas(x, layer=layer, mt=mt):
+                ri, fi = layer.in_recipe.rotation, layer.in_recipe.frame
+                ro, fo = layer.out_recipe.rotation, layer.out_recipe.frame
+                u = harness.hadamard_rotation(x, ri.dim, ri.seed, transpose=True)
+                c = harness.frame_transform(u, fi.k, fi.rho, fi.d, True)
+                d16 = harness.dequantize(*mt, layer.bits, k_in, k_out)
+                z = torch.matmul(c, d16.T)
+                v = harness.frame_transform(z, fo.k, fo.rho, fo.d, False)
+                return harness.hadamard_rotation(v, ro.dim, ro.seed) + layer.bias.half()
+
+            row["frames_dequant_cublas_us"], _ = time_fn(dequant_cublas, inputs)
+        best = min(row.get("fused_us", float("inf")), row["five_launch_us"])
+        row["best_us"] = best
+        row["speedup_vs_cublas"] = row["cublas_fp16_us"] / best
+        if rows == 1:
+            nbytes = fused_bytes(layer)
+            row["fused_bytes"] = nbytes
+            row["dense_fp16_bytes"] = 2 * in_f * out_f
+            row["fused_roofline_pct"] = 100 * (nbytes / (row["fused_us"] * 1e-6)) / bandwidth
+            row["cublas_roofline_pct"] = 100 * (2 * in_f * out_f / (row["cublas_fp16_us"] * 1e-6)) / bandwidth
+        results.append(row)
+        print(_format(row), flush=True)
+    return results
+
+
+def _format(r) -> str:
+    f = lambda key: f"{r[key]:9.1f}" if key in r else "        -"  # noqa: E731
+    roof = f"{r['fused_roofline_pct']:6.1f}%" if "fused_roofline_pct" in r else "      -"
+    return (f"{r['in_features']:>5}x{r['out_features']:<5} M={r['M']:<6} fused {f('fused_us')}  five {f('five_launch_us')}"
+            f"  deq+cuBLAS {f('frames_dequant_cublas_us')}  cuBLAS {f('cublas_fp16_us')}  "
+            f"x{r['speedup_vs_cublas']:5.2f}  roofline {roof}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", required=True, help="where to write the results (JSON)")
+    parser.add_argument("--bits", type=int, default=2)
+    parser.add_argument("--redundancy", type=float, default=1.1)
+    parser.add_argument("--quick", action="store_true", help="only 4096x4096 at M = 1 and 197 x 64")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = True
+    bandwidth = copy_bandwidth()
+    props = torch.cuda.get_device_properties(0)
+    print(f"device {props.name}, {props.multi_processor_count} SMs; copy bandwidth {bandwidth / 1e12:.2f} TB/s "
+          f"(read + write); bits={args.bits} redundancy={args.redundancy} (both sides)", flush=True)
+    shapes = [(4096, 4096)] if args.quick else VIT_SHAPES + LLAMA_SHAPES
+    rows_list = [1, 197 * 64] if args.quick else ROWS
+    results = []
+    for in_f, out_f in shapes:
+        results += bench_shape(in_f, out_f, rows_list, bandwidth, args.bits, args.redundancy)
+    out = {"device": props.name, "sms": props.multi_processor_count, "copy_bandwidth_Bps": bandwidth,
+           "torch": torch.__version__, "bits": args.bits, "redundancy": args.redundancy,
+           "packing_layout": packing.LAYOUT_VERSION, "results": results}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

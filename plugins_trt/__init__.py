@@ -1,0 +1,1 @@
+"""CUDA kernels and TensorRT plugins of the FrameQuant ops (see README.md)."""

@@ -1,0 +1,101 @@
+// CUDA kernels of the FrameQuant ops: parameters and launchers.
+//
+// Free of TensorRT and PyTorch types: the TensorRT plugins (plugins_trt/trt/) and the PyTorch
+// harness (plugins_trt/torch_ext/) are two thin callers of these launchers. Tables (signs, DCT,
+// frame gathers, DFT) are device pointers made from the recipes by recipe.h and upload.h.
+// Every launcher returns the cudaError_t of its launch; none synchronizes.
+#pragma once
+
+#include <cstdint>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#if defined(__CUDACC__)
+#define FQ_HD __host__ __device__
+#else
+#define FQ_HD
+#endif
+
+namespace fq {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1 };
+
+// R = (H_power kron C_odd) diag(signs), dim = power * odd (fq_export.rotations).
+struct RotationParams {
+    int dim = 0, power = 0, odd = 0;
+    const float* signs = nullptr;  // [dim]
+    const float* dct = nullptr;    // [odd * odd], row-major orthonormal DCT-II
+};
+
+// Real (k, rho, d) tight fusion frame (fq_export.frames), applied as gather + per-block DFT.
+struct FrameParams {
+    int k = 0, rho_c = 0, d_c = 0;  // complex block width, number of blocks (rho/2), d/2
+    int kp = 0;                     // 2k rounded up to a multiple of 16 (tensor-core k-steps)
+    const int32_t* gather_index = nullptr;  // [rho_c * k]
+    const float* gather_weight = nullptr;   // [rho_c * k]
+    const int32_t* synth_bin = nullptr;     // [2 * d_c]
+    const float* synth_weight = nullptr;    // [2 * d_c]
+    const __half* dft = nullptr;            // [kp * kp] realified DFT M, zero-padded, row-major
+    const __half* dft_t = nullptr;          // [kp * kp] M^T
+    FQ_HD int d() const { return 2 * d_c; }
+    FQ_HD int num_vectors() const { return 2 * rho_c * k; }
+};
+
+// D_hat = scale * (codes - zero) row-wise; codes in the packed layout v1 of fq_export.packing.
+struct PackedMatMulParams {
+    int bits = 2;
+    int in_features = 0;    // columns of D_hat (K_in)
+    int out_features = 0;   // rows of D_hat (K_out)
+    int words_per_row = 0;  // ceil(in_features / 32) * bits
+    const uint32_t* codes = nullptr;  // [out_features * words_per_row]
+    const __half* scale = nullptr;    // [out_features]
+    const __half* zero = nullptr;     // [out_features]
+};
+
+// One FrameQuant linear layer: y = R_out T_out D_hat T_in^T R_in^T x + bias.
+struct FrameLinearParams {
+    bool has_rotation_in = false, has_frame_in = false, has_rotation_out = false, has_frame_out = false;
+    RotationParams rotation_in, rotation_out;
+    FrameParams frame_in, frame_out;
+    PackedMatMulParams matmul;
+    const float* bias = nullptr;  // [out dim] or null
+    FQ_HD int in_dim() const { return has_frame_in ? frame_in.d() : matmul.in_features; }
+    FQ_HD int out_dim() const { return has_frame_out ? frame_out.d() : matmul.out_features; }
+};
+
+// y = R x (transpose = false) or R^T x, on rows of length dim; x and y may alias.
+cudaError_t launch_rotation(const RotationParams& p, const void* x, void* y, int64_t rows, DType dtype,
+                            bool transpose, cudaStream_t stream);
+
+// analysis (c = T^T u, (rows, d) -> (rows, K)) or synthesis (v = T z, (rows, K) -> (rows, d)).
+cudaError_t launch_frame(const FrameParams& p, const void* in, void* out, int64_t rows, DType dtype,
+                         bool analysis, cudaStream_t stream);
+
+// z = x @ D_hat^T: x (rows, in_features) -> z (rows, out_features). Small and large row counts
+// take different kernels; bits = 3 takes a plain CUDA-core kernel.
+cudaError_t launch_packed_matmul(const PackedMatMulParams& p, const void* x, void* z, int64_t rows, DType dtype,
+                                 cudaStream_t stream);
+
+// Dense fp16 D_hat (out_features, in_features), for the dequantize-then-GEMM path and tests.
+cudaError_t launch_dequantize(const PackedMatMulParams& p, __half* out, cudaStream_t stream);
+
+// The fused single-launch layer for rows <= kFusedMaxRows (one cooperative launch: three phases
+// separated by grid barriers). `workspace` holds frame_linear_workspace_bytes(p, rows) bytes;
+// `barrier` is one uint32 that is zero before the first use and is left valid for the next.
+constexpr int kFusedMaxRows = 16;
+size_t frame_linear_workspace_bytes(const FrameLinearParams& p, int64_t rows);
+cudaError_t launch_frame_linear_fused(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
+                                      DType dtype, void* workspace, unsigned int* barrier, cudaStream_t stream);
+
+// The five-launch layer (any row count): rotation, analysis, packed matmul, synthesis, rotation
+// (+bias). `workspace` holds frame_linear_workspace_bytes(p, rows) bytes.
+cudaError_t launch_frame_linear_unfused(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
+                                        DType dtype, void* workspace, cudaStream_t stream);
+
+// out[i] = (half) in[i]: the plugin's fp32 scale/zero inputs (exact: they are fp16 values).
+cudaError_t launch_half_from_float(const float* in, __half* out, int n, cudaStream_t stream);
+
+// Shared memory each kernel needs (bytes), for callers that check device limits.
+size_t rotation_smem_bytes(const RotationParams& p);
+
+}  // namespace fq

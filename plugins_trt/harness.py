@@ -1,0 +1,236 @@
+"""PyTorch harness of the plugins_trt CUDA kernels: one documented function per op.
+
+The extension is JIT-built (``torch.utils.cpp_extension.load``, ninja) from the very sources the
+TensorRT plugins compile: ``plugins_trt/csrc/*.cu``, ``csrc/recipe.cpp`` and the thin binding
+``torch_ext/binding.cpp``. Tables (signs, DCT, frame gathers, DFT) come from the C++ recipe, not
+from fq_export, so a test against fq_export's PyTorch reference also checks the recipe.
+
+Every fast function has a plain reference beside it (``*_ref``) built on fq_export's own
+PyTorch implementation of the same op.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fq_export import packing
+from fq_export.frames import get_frame
+from fq_export.layer import FrameQuantLinear
+from fq_export.rotations import get_rotation
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+KERNEL_SOURCES = sorted(str(p) for p in CSRC.glob("*.cu"))
+
+
+@functools.lru_cache(maxsize=1)
+def load_extension(verbose: bool = False):
+    """Build (once per source change) and import the extension; needs a CUDA toolkit and GPU."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("the plugins_trt kernels need a CUDA GPU; none is visible to torch")
+    from torch.utils.cpp_extension import load
+
+    if "TORCH_CUDA_ARCH_LIST" not in os.environ:
+        major, minor = torch.cuda.get_device_capability()
+        os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+    return load(
+        name="fq_plugins_ext",
+        sources=[str(ROOT / "torch_ext" / "binding.cpp"), str(CSRC / "recipe.cpp"), *KERNEL_SOURCES],
+        extra_include_paths=[str(CSRC)],
+        extra_cflags=["-O3"],
+        extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
+        verbose=verbose,
+    )
+
+
+# ---- tables from the C++ recipe -----------------------------------------------------------
+
+@functools.lru_cache(maxsize=256)
+def rotation_tables(dim: int, seed: int, device: str):
+    """``([signs f32, dct f32], [dim, power, odd])`` on ``device``."""
+    ext = load_extension()
+    signs, dct = ext.rotation_tables(dim, seed)
+    power = dim & -dim
+    return [signs.float().to(device), dct.float().contiguous().to(device)], [dim, power, dim // power]
+
+
+@functools.lru_cache(maxsize=256)
+def frame_tables(k: int, rho: int, d: int, device: str):
+    """``([gather_index, gather_weight, synth_bin, synth_weight, dft, dft_t], [k, rho_c, d_c, kp])``.
+
+    The realified DFT ``M`` (``2k x 2k``) is zero-padded to ``kp = ceil(2k / 16) * 16`` and
+    stored in fp16 (the kernels run it on tensor cores with fp32 accumulation).
+    """
+    ext = load_extension()
+    gi, gw, sb, sw, dft = ext.frame_tables(k, rho, d)
+    kp = -(-2 * k // 16) * 16
+    padded = torch.zeros(kp, kp, dtype=torch.float64)
+    padded[: 2 * k, : 2 * k] = dft
+    tables = [gi, gw.float(), sb.contiguous(), sw.float().contiguous(), padded.half(), padded.T.contiguous().half()]
+    return [t.contiguous().to(device) for t in tables], [k, rho // 2, d // 2, kp]
+
+
+def _matmul_tables(packed_codes, scale, zero, bits, in_features, out_features):
+    return ([packed_codes.to(torch.int32).contiguous(), scale.to(torch.float16).contiguous(),
+             zero.to(torch.float16).contiguous()], [bits, in_features, out_features])
+
+
+# ---- the three plugin-form ops ------------------------------------------------------------
+
+def hadamard_rotation(x: torch.Tensor, dim: int, seed: int, transpose: bool = False) -> torch.Tensor:
+    """``FQHadamardRotation``: ``y = R x`` (or ``R^T x``) on the last axis, ``(..., dim)``.
+
+    ``R = (H_{2^p} kron C_m) diag(s)`` of ``fq_export.rotations`` (``dim = 2^p m``, ``m`` odd);
+    dense equivalent ``y = x @ R.T`` (``x @ R`` for the transpose). fp16 or fp32 in and out,
+    fp32 arithmetic inside.
+    """
+    tables, ints = rotation_tables(dim, seed, str(x.device))
+    return load_extension().rotation(x.contiguous(), tables, ints, transpose)
+
+
+def hadamard_rotation_ref(x: torch.Tensor, dim: int, seed: int, transpose: bool = False) -> torch.Tensor:
+    rotation = get_rotation(dim, seed)
+    return rotation.transpose(x) if transpose else rotation.forward(x)
+
+
+def frame_transform(x: torch.Tensor, k: int, rho: int, d: int, transpose: bool) -> torch.Tensor:
+    """``FQFrameTransform``: synthesis ``v = T z`` (``transpose=False``: ``(..., K) -> (..., d)``)
+    or analysis ``c = T^T u`` (``transpose=True``: ``(..., d) -> (..., K)``), ``K = k rho``.
+
+    Dense equivalent: ``v = z @ T.T`` / ``c = u @ T`` with ``T = get_frame(k, rho, d).dense()``.
+    Gathers in fp32, the per-block DFT on tensor cores (fp16 operands, fp32 accumulation).
+    """
+    tables, ints = frame_tables(k, rho, d, str(x.device))
+    return load_extension().frame(x.contiguous(), tables, ints, transpose)
+
+
+def frame_transform_ref(x: torch.Tensor, k: int, rho: int, d: int, transpose: bool) -> torch.Tensor:
+    frame = get_frame(k, rho, d)
+    return frame.analysis(x) if transpose else frame.synthesis(x)
+
+
+def packed_matmul(x, packed_codes, scale, zero, bits: int, in_features: int, out_features: int) -> torch.Tensor:
+    """``FQPackedMatMul``: ``z = x @ D_hat^T``, ``D_hat = scale * (codes - zero)`` row-wise.
+
+    ``x (..., in_features)``; ``packed_codes (out_features, words)`` int32 in the layout of
+    ``fq_export.packing``; ``scale``, ``zero`` ``(out_features,)`` fp16. Output
+    ``(..., out_features)`` in the dtype of ``x`` (activations enter the tensor cores as fp16;
+    the accumulation is fp32).
+    """
+    tables, ints = _matmul_tables(packed_codes, scale, zero, bits, in_features, out_features)
+    return load_extension().packed_matmul(x.contiguous(), tables, ints)
+
+
+def packed_matmul_ref(x, packed_codes, scale, zero, bits: int, in_features: int, out_features: int):
+    codes = packing.unpack_codes(packed_codes, bits, in_features).to(torch.float32)
+    d_hat = scale.float().unsqueeze(1) * (codes - zero.float().unsqueeze(1))
+    return (x.float() @ d_hat.T).to(x.dtype)
+
+
+def dequantize(packed_codes, scale, zero, bits: int, in_features: int, out_features: int) -> torch.Tensor:
+    """Dense fp16 ``D_hat`` ``(out_features, in_features)`` decoded on the GPU."""
+    tables, ints = _matmul_tables(packed_codes, scale, zero, bits, in_features, out_features)
+    return load_extension().dequantize(tables, ints)
+
+
+# ---- a whole FrameQuant layer -------------------------------------------------------------
+
+class KernelLinear(nn.Module):
+    """A ``FrameQuantLinear`` run by the kernels: fused single launch for at most
+    ``fused_max_rows`` rows (unless ``fused=False``), the five-launch path otherwise.
+
+    Shapes and dense equivalent as ``FrameQuantLinear``: ``y = x @ (P_out D_hat P_in^T).T + b``.
+    """
+
+    def __init__(self, layer: FrameQuantLinear, fused: bool | None = None):
+        super().__init__()
+        self.layer, self.fused = layer, fused
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self._barrier = None
+        self._tables = None
+
+    def tables(self, device):
+        if self._tables is None or self._tables[0] != str(device):
+            layer, dev = self.layer, str(device)
+            ins, outs = layer.in_recipe, layer.out_recipe
+            t: list = []
+            i: list = [int(ins.rotation is not None), int(ins.frame is not None), int(outs.frame is not None),
+                       int(outs.rotation is not None)]
+            empty = torch.empty(0, device=device)
+
+            def rot(spec):
+                if spec is None:
+                    return [empty, empty], [0, 0, 0]
+                return rotation_tables(spec.dim, spec.seed, dev)
+
+            def frm(spec):
+                if spec is None:
+                    return [empty] * 6, [0, 0, 0, 0]
+                return frame_tables(spec.k, spec.rho, spec.d, dev)
+
+            mt, mi = _matmul_tables(layer.packed_codes.to(device), layer.scale.to(device), layer.zero.to(device),
+                                    layer.bits, ins.size, outs.size)
+            for tab, ints in (rot(ins.rotation), frm(ins.frame), (mt, mi), frm(outs.frame), rot(outs.rotation)):
+                t += tab
+                i += ints
+            t.append(layer.bias.float().to(device).contiguous() if layer.bias is not None else empty)
+            self._tables = (dev, t, i)
+        return self._tables[1], self._tables[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ext = load_extension()
+        tables, ints = self.tables(x.device)
+        rows = x.numel() // x.shape[-1]
+        fused = self.fused if self.fused is not None else rows <= ext.fused_max_rows
+        if self._barrier is None or self._barrier.device != x.device:
+            self._barrier = torch.zeros(1, dtype=torch.int32, device=x.device)
+        dtype = x.dtype if x.dtype in (torch.float16, torch.float32) else torch.float16
+        y = ext.frame_linear(x.to(dtype).contiguous(), tables, ints, bool(fused), self._barrier)
+        return y.to(x.dtype)
+
+
+def frame_linear(x: torch.Tensor, layer: FrameQuantLinear, fused: bool | None = None) -> torch.Tensor:
+    """One quantized layer through the kernels; see ``KernelLinear``."""
+    return KernelLinear(layer, fused)(x)
+
+
+def frame_linear_ref(x: torch.Tensor, layer: FrameQuantLinear) -> torch.Tensor:
+    return layer(x)
+
+
+def use_kernels(model: nn.Module, fused: bool | None = None) -> int:
+    """Replace every ``FrameQuantLinear`` of ``model`` (in place) by a ``KernelLinear``; returns the count."""
+    count = 0
+    for name, module in list(model.named_children()):
+        if isinstance(module, FrameQuantLinear):
+            setattr(model, name, KernelLinear(module, fused))
+            count += 1
+        else:
+            count += use_kernels(module, fused)
+    return count
+
+
+def random_frame_layer(in_features: int, out_features: int, bits: int = 2, redundancy: float = 1.1, seed: int = 0,
+                       bias: bool = True) -> FrameQuantLinear:
+    """A FrameQuant layer with random codes (both sides rotated and framed), for tests and benchmarks."""
+    import math
+
+    from fq_export.basis import SideRecipe
+    from fq_export.frames import choose_frame
+    from fq_export.rotations import RotationSpec
+
+    gen = torch.Generator().manual_seed(seed)
+    in_r = SideRecipe(in_features, RotationSpec(in_features, seed + 1), choose_frame(in_features, redundancy))
+    out_r = SideRecipe(out_features, RotationSpec(out_features, seed + 2), choose_frame(out_features, redundancy))
+    codes = torch.randint(0, 2**bits, (out_r.size, in_r.size), generator=gen)
+    scale = ((torch.rand(out_r.size, generator=gen) * 0.05 + 0.01) / math.sqrt(in_r.size)).half()
+    zero = (torch.rand(out_r.size, generator=gen) * (2**bits - 1)).half()
+    b = torch.randn(out_features, generator=gen) * 0.1 if bias else None
+    return FrameQuantLinear(in_r, out_r, bits, packing.pack_codes(codes, bits), scale, zero, b)

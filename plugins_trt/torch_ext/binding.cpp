@@ -1,0 +1,193 @@
+// Thin PyTorch binding of the plugins_trt kernels (the same .cu sources the TensorRT plugins
+// build); tensors in, tensors out, parameters into the kernels' structs. Used by
+// plugins_trt/harness.py for tests and benchmarks only.
+#include <torch/extension.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <stdexcept>
+#include <vector>
+
+#include "fq_kernels.h"
+#include "recipe.h"
+
+namespace {
+
+void check(cudaError_t err, const char* what) {
+    if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+fq::DType dtype_of(const torch::Tensor& x) {
+    if (x.scalar_type() == torch::kHalf) return fq::DType::kFloat16;
+    if (x.scalar_type() == torch::kFloat) return fq::DType::kFloat32;
+    throw std::invalid_argument("fq kernels take float16 or float32 activations");
+}
+
+void require_cuda(const torch::Tensor& t, const char* name) {
+    TORCH_CHECK(t.is_cuda() && t.is_contiguous(), name, " must be a contiguous CUDA tensor");
+}
+
+// rotation: [signs (f32), dct (f32)] + [dim, power, odd]
+fq::RotationParams rotation_params(const std::vector<torch::Tensor>& t, const std::vector<int64_t>& i) {
+    fq::RotationParams p;
+    p.dim = static_cast<int>(i.at(0));
+    p.power = static_cast<int>(i.at(1));
+    p.odd = static_cast<int>(i.at(2));
+    p.signs = t.at(0).data_ptr<float>();
+    p.dct = t.at(1).data_ptr<float>();
+    return p;
+}
+
+// frame: [gather_index (i32), gather_weight (f32), synth_bin (i32), synth_weight (f32), dft (f16),
+// dft_t (f16)] + [k, rho_c, d_c, kp]
+fq::FrameParams frame_params(const std::vector<torch::Tensor>& t, const std::vector<int64_t>& i) {
+    fq::FrameParams p;
+    p.k = static_cast<int>(i.at(0));
+    p.rho_c = static_cast<int>(i.at(1));
+    p.d_c = static_cast<int>(i.at(2));
+    p.kp = static_cast<int>(i.at(3));
+    p.gather_index = t.at(0).data_ptr<int32_t>();
+    p.gather_weight = t.at(1).data_ptr<float>();
+    p.synth_bin = t.at(2).data_ptr<int32_t>();
+    p.synth_weight = t.at(3).data_ptr<float>();
+    p.dft = reinterpret_cast<const __half*>(t.at(4).data_ptr<at::Half>());
+    p.dft_t = reinterpret_cast<const __half*>(t.at(5).data_ptr<at::Half>());
+    return p;
+}
+
+// matmul: [codes (i32), scale (f16), zero (f16)] + [bits, in_features, out_features]
+fq::PackedMatMulParams matmul_params(const std::vector<torch::Tensor>& t, const std::vector<int64_t>& i) {
+    fq::PackedMatMulParams p;
+    p.bits = static_cast<int>(i.at(0));
+    p.in_features = static_cast<int>(i.at(1));
+    p.out_features = static_cast<int>(i.at(2));
+    p.words_per_row = static_cast<int>(t.at(0).size(1));
+    TORCH_CHECK(t.at(0).size(0) == p.out_features, "packed codes must have out_features rows");
+    TORCH_CHECK(p.words_per_row == (p.in_features + 31) / 32 * p.bits, "packed codes width does not match");
+    p.codes = reinterpret_cast<const uint32_t*>(t.at(0).data_ptr<int32_t>());
+    p.scale = reinterpret_cast<const __half*>(t.at(1).data_ptr<at::Half>());
+    p.zero = reinterpret_cast<const __half*>(t.at(2).data_ptr<at::Half>());
+    return p;
+}
+
+torch::Tensor rotation(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, bool transpose) {
+    require_cuda(x, "x");
+    auto p = rotation_params(tables, ints);
+    TORCH_CHECK(x.size(-1) == p.dim, "rotation of size ", p.dim, " got last axis ", x.size(-1));
+    auto y = torch::empty_like(x);
+    check(fq::launch_rotation(p, x.data_ptr(), y.data_ptr(), x.numel() / p.dim, dtype_of(x), transpose,
+                              c10::cuda::getCurrentCUDAStream()),
+          "rotation");
+    return y;
+}
+
+torch::Tensor frame(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, bool analysis) {
+    require_cuda(x, "x");
+    auto p = frame_params(tables, ints);
+    const int64_t in = analysis ? p.d() : p.num_vectors(), out = analysis ? p.num_vectors() : p.d();
+    TORCH_CHECK(x.size(-1) == in, "frame transform expects last axis ", in, ", got ", x.size(-1));
+    auto shape = x.sizes().vec();
+    shape.back() = out;
+    auto y = torch::empty(shape, x.options());
+    check(fq::launch_frame(p, x.data_ptr(), y.data_ptr(), x.numel() / in, dtype_of(x), analysis,
+                           c10::cuda::getCurrentCUDAStream()),
+          "frame");
+    return y;
+}
+
+torch::Tensor packed_matmul(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints) {
+    require_cuda(x, "x");
+    auto p = matmul_params(tables, ints);
+    TORCH_CHECK(x.size(-1) == p.in_features, "packed matmul expects last axis ", p.in_features);
+    auto shape = x.sizes().vec();
+    shape.back() = p.out_features;
+    auto z = torch::empty(shape, x.options());
+    check(fq::launch_packed_matmul(p, x.data_ptr(), z.data_ptr(), x.numel() / p.in_features, dtype_of(x),
+                                   c10::cuda::getCurrentCUDAStream()),
+          "packed_matmul");
+    return z;
+}
+
+torch::Tensor dequantize(std::vector<torch::Tensor> tables, std::vector<int64_t> ints) {
+    auto p = matmul_params(tables, ints);
+    auto out = torch::empty({p.out_features, p.in_features}, tables.at(0).options().dtype(torch::kHalf));
+    check(fq::launch_dequantize(p, reinterpret_cast<__half*>(out.data_ptr<at::Half>()),
+                                c10::cuda::getCurrentCUDAStream()),
+          "dequantize");
+    return out;
+}
+
+// Layer: tables = rot_in(2) + frame_in(6) + matmul(3) + frame_out(6) + rot_out(2) + [bias] (absent
+// parts hold empty placeholders); ints = flags(4) + rot_in(3) + frame_in(4) + matmul(3) +
+// frame_out(4) + rot_out(3).
+fq::FrameLinearParams layer_params(const std::vector<torch::Tensor>& t, const std::vector<int64_t>& i) {
+    fq::FrameLinearParams p;
+    p.has_rotation_in = i.at(0);
+    p.has_frame_in = i.at(1);
+    p.has_frame_out = i.at(2);
+    p.has_rotation_out = i.at(3);
+    auto slice = [](const auto& v, size_t a, size_t n) { return std::vector<typename std::decay_t<decltype(v)>::value_type>(v.begin() + a, v.begin() + a + n); };
+    if (p.has_rotation_in) p.rotation_in = rotation_params(slice(t, 0, 2), slice(i, 4, 3));
+    if (p.has_frame_in) p.frame_in = frame_params(slice(t, 2, 6), slice(i, 7, 4));
+    p.matmul = matmul_params(slice(t, 8, 3), slice(i, 11, 3));
+    if (p.has_frame_out) p.frame_out = frame_params(slice(t, 11, 6), slice(i, 14, 4));
+    if (p.has_rotation_out) p.rotation_out = rotation_params(slice(t, 17, 2), slice(i, 18, 3));
+    if (t.size() > 19 && t.at(19).numel()) p.bias = t.at(19).data_ptr<float>();
+    return p;
+}
+
+torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, bool fused,
+                           torch::Tensor barrier) {
+    require_cuda(x, "x");
+    auto p = layer_params(tables, ints);
+    TORCH_CHECK(x.size(-1) == p.in_dim(), "layer expects last axis ", p.in_dim());
+    const int64_t rows = x.numel() / p.in_dim();
+    auto shape = x.sizes().vec();
+    shape.back() = p.out_dim();
+    auto y = torch::empty(shape, x.options());
+    auto ws = torch::empty({static_cast<int64_t>(fq::frame_linear_workspace_bytes(p, rows))},
+                           x.options().dtype(torch::kUInt8));
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    if (fused) {
+        TORCH_CHECK(rows <= fq::kFusedMaxRows, "the fused layer takes at most ", fq::kFusedMaxRows, " rows");
+        check(fq::launch_frame_linear_fused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
+                                            reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>()), stream),
+              "frame_linear_fused");
+    } else {
+        check(fq::launch_frame_linear_unfused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(), stream),
+              "frame_linear_unfused");
+    }
+    return y;
+}
+
+std::vector<torch::Tensor> frame_tables(int64_t k, int64_t rho, int64_t d) {
+    const fq::FrameTables t = fq::make_frame_tables(static_cast<int>(k), static_cast<int>(rho), static_cast<int>(d));
+    auto i32 = torch::TensorOptions().dtype(torch::kInt32);
+    auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+    auto gi = torch::from_blob(const_cast<int32_t*>(t.gather_index.data()), {(int64_t)t.gather_index.size()}, i32).clone();
+    auto gw = torch::from_blob(const_cast<double*>(t.gather_weight.data()), {(int64_t)t.gather_weight.size()}, f64).clone();
+    auto sb = torch::from_blob(const_cast<int32_t*>(t.synth_bin.data()), {2, t.d_c}, i32).clone();
+    auto sw = torch::from_blob(const_cast<double*>(t.synth_weight.data()), {2, t.d_c}, f64).clone();
+    auto dft = torch::from_blob(const_cast<double*>(t.dft.data()), {2 * t.k, 2 * t.k}, f64).clone();
+    return {gi, gw, sb, sw, dft};
+}
+
+std::vector<torch::Tensor> rotation_tables(int64_t dim, int64_t seed) {
+    const fq::RotationTables r = fq::make_rotation_tables(static_cast<int>(dim), static_cast<uint64_t>(seed));
+    auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+    auto signs = torch::from_blob(const_cast<double*>(r.signs.data()), {r.dim}, f64).clone();
+    auto dct = torch::from_blob(const_cast<double*>(r.dct.data()), {r.odd, r.odd}, f64).clone();
+    return {signs, dct};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.def("rotation", &rotation);
+    m.def("frame", &frame);
+    m.def("packed_matmul", &packed_matmul);
+    m.def("dequantize", &dequantize);
+    m.def("frame_linear", &frame_linear);
+    m.def("frame_tables", &frame_tables);
+    m.def("rotation_tables", &rotation_tables);
+    m.attr("fused_max_rows") = fq::kFusedMaxRows;
+}

@@ -1,0 +1,453 @@
+// IPluginV3 glue of the FrameQuant ops; see fqPlugins.h and README.md.
+#include "fqPlugins.h"
+
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "recipe.h"
+
+namespace fq {
+namespace trt {
+
+using nvinfer1::DataType;
+using nvinfer1::DimsExprs;
+using nvinfer1::DynamicPluginTensorDesc;
+using nvinfer1::PluginField;
+using nvinfer1::PluginFieldType;
+using nvinfer1::PluginTensorDesc;
+using nvinfer1::TensorFormat;
+
+namespace {
+nvinfer1::ILoggerFinder* g_logger_finder = nullptr;  // set by TensorRT through setLoggerFinder
+
+}  // namespace
+
+void g_logger_finder_set(nvinfer1::ILoggerFinder* finder) { g_logger_finder = finder; }
+
+namespace {
+void log_error(std::string const& message) {
+    nvinfer1::ILogger* logger = g_logger_finder ? g_logger_finder->findLogger() : nullptr;
+    if (logger) logger->log(nvinfer1::ILogger::Severity::kERROR, message.c_str());
+}
+}  // namespace
+
+DeviceTables::~DeviceTables() {
+    for (void* p : buffers) cudaFree(p);
+}
+
+template <typename T> T* DeviceTables::upload(std::vector<T> const& host) {
+    void* p = nullptr;
+    if (cudaMalloc(&p, std::max<size_t>(1, host.size() * sizeof(T))) != cudaSuccess)
+        throw std::runtime_error("cudaMalloc failed for plugin tables");
+    buffers.push_back(p);
+    if (!host.empty() && cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice) != cudaSuccess)
+        throw std::runtime_error("cudaMemcpy failed for plugin tables");
+    return static_cast<T*>(p);
+}
+
+// ---- FQPluginBase ---------------------------------------------------------------------------
+
+FQPluginBase::FQPluginBase(std::string name, std::vector<std::string> field_names, std::vector<int32_t> values)
+    : name_(std::move(name)), field_names_(std::move(field_names)), values_(std::move(values)) {}
+
+FQPluginBase::FQPluginBase(FQPluginBase const& other)
+    : nvinfer1::IPluginV3(),
+      nvinfer1::IPluginV3OneCore(),
+      nvinfer1::IPluginV3OneBuild(),
+      nvinfer1::IPluginV3OneRuntime(),
+      name_(other.name_),
+      field_names_(other.field_names_),
+      values_(other.values_),
+      tables_(other.tables_) {}  // serial_fields_ are rebuilt on demand: they point into *this
+
+nvinfer1::IPluginCapability* FQPluginBase::getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept {
+    switch (type) {
+        case nvinfer1::PluginCapabilityType::kCORE: return static_cast<nvinfer1::IPluginV3OneCore*>(this);
+        case nvinfer1::PluginCapabilityType::kBUILD: return static_cast<nvinfer1::IPluginV3OneBuild*>(this);
+        case nvinfer1::PluginCapabilityType::kRUNTIME: return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
+    }
+    return nullptr;
+}
+
+int32_t FQPluginBase::field(char const* name) const {
+    for (size_t i = 0; i < field_names_.size(); ++i)
+        if (field_names_[i] == name) return values_[i];
+    throw std::logic_error(std::string("unknown plugin field ") + name);
+}
+
+int32_t FQPluginBase::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes,
+                                         int32_t nbInputs) const noexcept {
+    if (nbOutputs != 1 || nbInputs < 1) return 1;
+    outputTypes[0] = inputTypes[0];
+    return 0;
+}
+
+int32_t FQPluginBase::configurePlugin(DynamicPluginTensorDesc const*, int32_t, DynamicPluginTensorDesc const*,
+                                      int32_t) noexcept {
+    return 0;
+}
+
+int32_t FQPluginBase::onShapeChange(PluginTensorDesc const*, int32_t, PluginTensorDesc const*, int32_t) noexcept {
+    return 0;
+}
+
+nvinfer1::IPluginV3* FQPluginBase::attachToContext(nvinfer1::IPluginResourceContext*) noexcept {
+    return clone();
+}
+
+nvinfer1::PluginFieldCollection const* FQPluginBase::getFieldsToSerialize() noexcept {
+    serial_fields_.clear();
+    for (size_t i = 0; i < field_names_.size(); ++i)
+        serial_fields_.emplace_back(field_names_[i].c_str(), &values_[i], PluginFieldType::kINT32, 1);
+    serial_collection_.nbFields = static_cast<int32_t>(serial_fields_.size());
+    serial_collection_.fields = serial_fields_.data();
+    return &serial_collection_;
+}
+
+bool FQPluginBase::activation_format_ok(int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs) const {
+    auto const& desc = inOut[pos].desc;
+    if (desc.format != TensorFormat::kLINEAR) return false;
+    if (pos == 0) return desc.type == DataType::kHALF || desc.type == DataType::kFLOAT;
+    if (pos == nbInputs) return desc.type == inOut[0].desc.type;  // the output follows x
+    return false;
+}
+
+int64_t FQPluginBase::leading_rows(nvinfer1::Dims const& dims) {
+    int64_t rows = 1;
+    for (int32_t i = 0; i + 1 < dims.nbDims; ++i) rows *= dims.d[i];
+    return rows;
+}
+
+int32_t FQPluginBase::copy_with_last(DimsExprs const& in, DimsExprs* out, int64_t last,
+                                     nvinfer1::IExprBuilder& builder) {
+    if (in.nbDims < 1) return 1;
+    out->nbDims = in.nbDims;
+    for (int32_t i = 0; i + 1 < in.nbDims; ++i) out->d[i] = in.d[i];
+    out->d[in.nbDims - 1] = builder.constant(last);
+    return 0;
+}
+
+// ---- FQHadamardRotation ---------------------------------------------------------------------
+
+FQHadamardRotationPlugin::FQHadamardRotationPlugin(std::vector<int32_t> values)
+    : FQPluginBase("FQHadamardRotation", {"dim", "seed", "transpose"}, std::move(values)) {
+    if (field("dim") < 1) throw std::invalid_argument("FQHadamardRotation: dim must be positive");
+    if (field("transpose") != 0 && field("transpose") != 1)
+        throw std::invalid_argument("FQHadamardRotation: transpose must be 0 or 1");
+}
+
+nvinfer1::IPluginV3* FQHadamardRotationPlugin::clone() noexcept {
+    try {
+        return new FQHadamardRotationPlugin(*this);
+    } catch (std::exception const& e) {
+        log_error(e.what());
+        return nullptr;
+    }
+}
+
+int32_t FQHadamardRotationPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
+                                                  DimsExprs* outputs, int32_t nbOutputs,
+                                                  nvinfer1::IExprBuilder& builder) noexcept {
+    if (nbInputs != 1 || nbOutputs != 1) return 1;
+    return copy_with_last(inputs[0], outputs, field("dim"), builder);
+}
+
+bool FQHadamardRotationPlugin::supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut,
+                                                         int32_t nbInputs, int32_t nbOutputs) noexcept {
+    return nbInputs == 1 && nbOutputs == 1 && activation_format_ok(pos, inOut, nbInputs);
+}
+
+int32_t FQHadamardRotationPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*,
+                                          void const* const* inputs, void* const* outputs, void*,
+                                          cudaStream_t stream) noexcept {
+    try {
+        if (!tables_) {
+            const RotationTables host = make_rotation_tables(field("dim"), static_cast<uint32_t>(field("seed")));
+            auto tables = std::make_shared<DeviceTables>();
+            std::vector<float> signs(host.signs.begin(), host.signs.end()), dct(host.dct.begin(), host.dct.end());
+            params_.dim = host.dim;
+            params_.power = host.power;
+            params_.odd = host.odd;
+            params_.signs = tables->upload(signs);
+            params_.dct = tables->upload(dct);
+            tables_ = tables;
+        }
+        if (params_.signs == nullptr) {  // a clone sharing uploaded tables: recover the pointers
+            params_.dim = field("dim");
+            params_.power = params_.dim & -params_.dim;
+            params_.odd = params_.dim / params_.power;
+            params_.signs = static_cast<float const*>(tables_->buffers.at(0));
+            params_.dct = static_cast<float const*>(tables_->buffers.at(1));
+        }
+        const cudaError_t err = launch_rotation(params_, inputs[0], outputs[0], leading_rows(inputDesc[0].dims),
+                                                dtype_of(inputDesc[0].type), field("transpose") == 1, stream);
+        if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
+        return 0;
+    } catch (std::exception const& e) {
+        log_error(std::string("FQHadamardRotation: ") + e.what());
+        return 1;
+    }
+}
+
+// ---- FQFrameTransform -----------------------------------------------------------------------
+
+FQFrameTransformPlugin::FQFrameTransformPlugin(std::vector<int32_t> values)
+    : FQPluginBase("FQFrameTransform", {"k", "rho", "d", "transpose"}, std::move(values)) {
+    if (!tff_exists(field("k"), field("rho"), field("d")))
+        throw std::invalid_argument("FQFrameTransform: no tight fusion frame for (k, rho, d)");
+    if (field("k") > kMaxFrameBlock)
+        throw std::invalid_argument("FQFrameTransform: k above the kernels' limit of 64");
+}
+
+nvinfer1::IPluginV3* FQFrameTransformPlugin::clone() noexcept {
+    try {
+        return new FQFrameTransformPlugin(*this);
+    } catch (std::exception const& e) {
+        log_error(e.what());
+        return nullptr;
+    }
+}
+
+int32_t FQFrameTransformPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
+                                                DimsExprs* outputs, int32_t nbOutputs,
+                                                nvinfer1::IExprBuilder& builder) noexcept {
+    if (nbInputs != 1 || nbOutputs != 1) return 1;
+    const int64_t K = static_cast<int64_t>(field("k")) * field("rho");
+    return copy_with_last(inputs[0], outputs, field("transpose") == 1 ? K : field("d"), builder);
+}
+
+bool FQFrameTransformPlugin::supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut,
+                                                       int32_t nbInputs, int32_t nbOutputs) noexcept {
+    return nbInputs == 1 && nbOutputs == 1 && activation_format_ok(pos, inOut, nbInputs);
+}
+
+int32_t FQFrameTransformPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*,
+                                        void const* const* inputs, void* const* outputs, void*,
+                                        cudaStream_t stream) noexcept {
+    try {
+        const int k = field("k");
+        const int kp = (2 * k + 15) / 16 * 16;
+        if (!tables_) {
+            const FrameTables host = make_frame_tables(k, field("rho"), field("d"));
+            auto tables = std::make_shared<DeviceTables>();
+            std::vector<float> gw(host.gather_weight.begin(), host.gather_weight.end());
+            std::vector<float> sw(host.synth_weight.begin(), host.synth_weight.end());
+            std::vector<__half> dft(static_cast<size_t>(kp) * kp, __float2half(0.f)), dft_t(dft);
+            for (int r = 0; r < 2 * k; ++r)
+                for (int c = 0; c < 2 * k; ++c) {
+                    const float v = static_cast<float>(host.dft[r * 2 * k + c]);
+                    dft[r * kp + c] = __float2half(v);
+                    dft_t[c * kp + r] = __float2half(v);
+                }
+            tables->upload(host.gather_index);
+            tables->upload(gw);
+            tables->upload(host.synth_bin);
+            tables->upload(sw);
+            tables->upload(dft);
+            tables->upload(dft_t);
+            tables_ = tables;
+        }
+        params_.k = k;
+        params_.rho_c = field("rho") / 2;
+        params_.d_c = field("d") / 2;
+        params_.kp = kp;
+        params_.gather_index = static_cast<int32_t const*>(tables_->buffers.at(0));
+        params_.gather_weight = static_cast<float const*>(tables_->buffers.at(1));
+        params_.synth_bin = static_cast<int32_t const*>(tables_->buffers.at(2));
+        params_.synth_weight = static_cast<float const*>(tables_->buffers.at(3));
+        params_.dft = static_cast<__half const*>(tables_->buffers.at(4));
+        params_.dft_t = static_cast<__half const*>(tables_->buffers.at(5));
+        const cudaError_t err = launch_frame(params_, inputs[0], outputs[0], leading_rows(inputDesc[0].dims),
+                                             dtype_of(inputDesc[0].type), field("transpose") == 1, stream);
+        if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
+        return 0;
+    } catch (std::exception const& e) {
+        log_error(std::string("FQFrameTransform: ") + e.what());
+        return 1;
+    }
+}
+
+// ---- FQPackedMatMul -------------------------------------------------------------------------
+
+FQPackedMatMulPlugin::FQPackedMatMulPlugin(std::vector<int32_t> values)
+    : FQPluginBase("FQPackedMatMul", {"bits", "in_features", "out_features", "layout_version"}, std::move(values)) {
+    const int bits = field("bits");
+    if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
+        throw std::invalid_argument("FQPackedMatMul: bits must be 2, 3, 4 or 8");
+    if (field("layout_version") != 1)
+        throw std::invalid_argument("FQPackedMatMul: only packing layout version 1 is supported");
+    if (field("in_features") < 2 || field("in_features") % 2 || field("out_features") < 1)
+        throw std::invalid_argument("FQPackedMatMul: in_features must be even and positive, out_features positive");
+}
+
+nvinfer1::IPluginV3* FQPackedMatMulPlugin::clone() noexcept {
+    try {
+        return new FQPackedMatMulPlugin(*this);
+    } catch (std::exception const& e) {
+        log_error(e.what());
+        return nullptr;
+    }
+}
+
+int32_t FQPackedMatMulPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
+                                              DimsExprs* outputs, int32_t nbOutputs,
+                                              nvinfer1::IExprBuilder& builder) noexcept {
+    if (nbInputs != 4 || nbOutputs != 1) return 1;
+    return copy_with_last(inputs[0], outputs, field("out_features"), builder);
+}
+
+bool FQPackedMatMulPlugin::supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut,
+                                                     int32_t nbInputs, int32_t nbOutputs) noexcept {
+    if (nbInputs != 4 || nbOutputs != 1) return false;
+    auto const& desc = inOut[pos].desc;
+    if (desc.format != TensorFormat::kLINEAR) return false;
+    switch (pos) {
+        case 0: return desc.type == DataType::kHALF || desc.type == DataType::kFLOAT;  // x
+        case 1: return desc.type == DataType::kINT32;                                   // packed codes
+        case 2: return desc.type == DataType::kHALF || desc.type == DataType::kFLOAT;  // scale
+        case 3: return desc.type == inOut[2].desc.type;                                 // zero
+        case 4: return desc.type == inOut[0].desc.type;                                 // z
+        default: return false;
+    }
+}
+
+size_t FQPackedMatMulPlugin::getWorkspaceSize(DynamicPluginTensorDesc const*, int32_t, DynamicPluginTensorDesc const*,
+                                              int32_t) const noexcept {
+    return 2 * sizeof(__half) * static_cast<size_t>(field("out_features")) + 256;
+}
+
+int32_t FQPackedMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*,
+                                      void const* const* inputs, void* const* outputs, void* workspace,
+                                      cudaStream_t stream) noexcept {
+    try {
+        PackedMatMulParams p;
+        p.bits = field("bits");
+        p.in_features = field("in_features");
+        p.out_features = field("out_features");
+        p.words_per_row = (p.in_features + 31) / 32 * p.bits;
+        auto const& codes = inputDesc[1].dims;
+        if (codes.nbDims != 2 || codes.d[0] != p.out_features || codes.d[1] != p.words_per_row)
+            throw std::invalid_argument("packed_codes must have shape (out_features, ceil(in_features/32)*bits)");
+        p.codes = static_cast<uint32_t const*>(inputs[1]);
+        if (inputDesc[2].type == DataType::kFLOAT) {
+            __half* narrowed = static_cast<__half*>(workspace);
+            cudaError_t err = launch_half_from_float(static_cast<float const*>(inputs[2]), narrowed, p.out_features, stream);
+            if (err == cudaSuccess)
+                err = launch_half_from_float(static_cast<float const*>(inputs[3]), narrowed + p.out_features,
+                                             p.out_features, stream);
+            if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
+            p.scale = narrowed;
+            p.zero = narrowed + p.out_features;
+        } else {
+            p.scale = static_cast<__half const*>(inputs[2]);
+            p.zero = static_cast<__half const*>(inputs[3]);
+        }
+        const cudaError_t err = launch_packed_matmul(p, inputs[0], outputs[0], leading_rows(inputDesc[0].dims),
+                                                     dtype_of(inputDesc[0].type), stream);
+        if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
+        return 0;
+    } catch (std::exception const& e) {
+        log_error(std::string("FQPackedMatMul: ") + e.what());
+        return 1;
+    }
+}
+
+// ---- creators -------------------------------------------------------------------------------
+
+template <typename Plugin>
+FQPluginCreator<Plugin>::FQPluginCreator(char const* name, std::vector<std::string> field_names)
+    : name_(name), field_names_(std::move(field_names)) {
+    for (auto const& f : field_names_) fields_.emplace_back(f.c_str(), nullptr, PluginFieldType::kINT32, 1);
+    collection_.nbFields = static_cast<int32_t>(fields_.size());
+    collection_.fields = fields_.data();
+}
+
+template <typename Plugin>
+nvinfer1::IPluginV3* FQPluginCreator<Plugin>::createPlugin(char const*, nvinfer1::PluginFieldCollection const* fc,
+                                                            nvinfer1::TensorRTPhase) noexcept {
+    try {
+        // Defaults: transpose 0, seed 0, layout_version 1; the rest are required.
+        std::vector<int32_t> values(field_names_.size(), 0);
+        std::vector<bool> seen(field_names_.size(), false);
+        for (size_t i = 0; i < field_names_.size(); ++i) {
+            if (field_names_[i] == "layout_version") {
+                values[i] = 1;
+                seen[i] = true;
+            }
+            if (field_names_[i] == "transpose" || field_names_[i] == "seed") seen[i] = true;
+        }
+        for (int32_t j = 0; fc && j < fc->nbFields; ++j) {
+            PluginField const& f = fc->fields[j];
+            for (size_t i = 0; i < field_names_.size(); ++i) {
+                if (f.name == nullptr || field_names_[i] != f.name) continue;
+                if (f.length != 1 || f.data == nullptr) throw std::invalid_argument(field_names_[i] + " must be one INT");
+                if (f.type == PluginFieldType::kINT32) {
+                    values[i] = *static_cast<int32_t const*>(f.data);
+                } else if (f.type == PluginFieldType::kINT64) {
+                    values[i] = static_cast<int32_t>(*static_cast<int64_t const*>(f.data));
+                } else {
+                    throw std::invalid_argument(field_names_[i] + " must be an INT attribute");
+                }
+                seen[i] = true;
+            }
+        }
+        for (size_t i = 0; i < field_names_.size(); ++i)
+            if (!seen[i]) throw std::invalid_argument("missing attribute " + field_names_[i]);
+        return new Plugin(std::move(values));
+    } catch (std::exception const& e) {
+        log_error(name_ + ": " + e.what());
+        return nullptr;
+    }
+}
+
+template class FQPluginCreator<FQHadamardRotationPlugin>;
+template class FQPluginCreator<FQFrameTransformPlugin>;
+template class FQPluginCreator<FQPackedMatMulPlugin>;
+
+}  // namespace trt
+}  // namespace fq
+
+// ---- registration ---------------------------------------------------------------------------
+// Dynamic (default): TensorRT's IPluginRegistry::loadLibrary / trtexec --dynamicPlugins find
+// getCreators and setLoggerFinder; the library then needs no link to libnvinfer.
+// Static (-DFQ_STATIC_REGISTRATION, links libnvinfer): creators register when the library is
+// loaded (ctypes.CDLL, trtexec --staticPlugins). One mode per build: loadLibrary refuses
+// creators that are already registered.
+namespace {
+using RotationCreator = fq::trt::FQPluginCreator<fq::trt::FQHadamardRotationPlugin>;
+using FrameCreator = fq::trt::FQPluginCreator<fq::trt::FQFrameTransformPlugin>;
+using MatMulCreator = fq::trt::FQPluginCreator<fq::trt::FQPackedMatMulPlugin>;
+
+nvinfer1::IPluginCreatorInterface* const* all_creators(int32_t& count) {
+    static RotationCreator rotation("FQHadamardRotation", {"dim", "seed", "transpose"});
+    static FrameCreator frame("FQFrameTransform", {"k", "rho", "d", "transpose"});
+    static MatMulCreator matmul("FQPackedMatMul", {"bits", "in_features", "out_features", "layout_version"});
+    static nvinfer1::IPluginCreatorInterface* creators[] = {&rotation, &frame, &matmul};
+    count = 3;
+    return creators;
+}
+}  // namespace
+
+extern "C" {
+__attribute__((visibility("default"))) void setLoggerFinder(nvinfer1::ILoggerFinder* finder) {
+    fq::trt::g_logger_finder_set(finder);
+}
+__attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
+    return all_creators(nbCreators);
+}
+}
+
+#ifdef FQ_STATIC_REGISTRATION
+namespace {
+struct StaticRegistration {
+    StaticRegistration() {
+        int32_t n = 0;
+        auto* const* creators = all_creators(n);
+        for (int32_t i = 0; i < n; ++i) getPluginRegistry()->registerCreator(*creators[i], "");
+    }
+} static_registration;
+}  // namespace
+#endif

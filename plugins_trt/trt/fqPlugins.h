@@ -1,0 +1,160 @@
+// TensorRT IPluginV3 glue for the FrameQuant ops of fq_export/plugin_ops.py:
+// FQHadamardRotation, FQFrameTransform, FQPackedMatMul (version "1", namespace "").
+//
+// The glue knows nothing about the kernels' internals: it checks shapes and types, turns the
+// INT fields into the recipes, uploads the tables that csrc/recipe.h regenerates, and calls the
+// launchers of csrc/fq_kernels.h.
+#pragma once
+
+#include <NvInferRuntime.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fq_kernels.h"
+
+namespace fq {
+namespace trt {
+
+constexpr char const* kPluginVersion = "1";
+constexpr char const* kPluginNamespace = "";
+
+// Stores the logger finder TensorRT hands to setLoggerFinder (errors go to its ILogger).
+void g_logger_finder_set(nvinfer1::ILoggerFinder* finder);
+
+// Device copies of the tables of one op, uploaded on first use and freed with the plugin.
+struct DeviceTables {
+    std::vector<void*> buffers;
+    ~DeviceTables();
+    template <typename T> T* upload(std::vector<T> const& host);
+};
+
+// Everything the three plugins share: INT fields (serialized as they came from the ONNX node),
+// the capability plumbing, linear formats, one input tensor x plus per-op extras.
+class FQPluginBase : public nvinfer1::IPluginV3,
+                     public nvinfer1::IPluginV3OneCore,
+                     public nvinfer1::IPluginV3OneBuild,
+                     public nvinfer1::IPluginV3OneRuntime {
+public:
+    FQPluginBase(std::string name, std::vector<std::string> field_names, std::vector<int32_t> values);
+    FQPluginBase(FQPluginBase const& other);
+    ~FQPluginBase() override = default;
+
+    // IPluginV3
+    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
+
+    // IPluginV3OneCore
+    char const* getPluginVersion() const noexcept override { return kPluginVersion; }
+    char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
+
+    // IPluginV3OneBuild
+    int32_t getNbOutputs() const noexcept override { return 1; }
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
+                               int32_t nbInputs) const noexcept override;
+    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+                            nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
+
+    // IPluginV3OneRuntime
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
+                          int32_t nbOutputs) noexcept override;
+    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
+
+    int32_t field(char const* name) const;
+
+protected:
+    // Shared rule: x (pos 0) and the output are fp16 or fp32 linear and of one type.
+    bool activation_format_ok(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs) const;
+    static int64_t leading_rows(nvinfer1::Dims const& dims);
+    static DType dtype_of(nvinfer1::DataType type) {
+        return type == nvinfer1::DataType::kHALF ? DType::kFloat16 : DType::kFloat32;
+    }
+    // Same leading axes as input 0, last axis `last`.
+    static int32_t copy_with_last(nvinfer1::DimsExprs const& in, nvinfer1::DimsExprs* out, int64_t last,
+                                  nvinfer1::IExprBuilder& builder);
+
+    std::string name_;
+    std::vector<std::string> field_names_;
+    std::vector<int32_t> values_;
+    std::vector<nvinfer1::PluginField> serial_fields_;
+    nvinfer1::PluginFieldCollection serial_collection_{};
+    std::shared_ptr<DeviceTables> tables_;  // shared by clones of one plugin, rebuilt lazily
+};
+
+class FQHadamardRotationPlugin : public FQPluginBase {
+public:
+    explicit FQHadamardRotationPlugin(std::vector<int32_t> values);
+    char const* getPluginName() const noexcept override { return "FQHadamardRotation"; }
+    nvinfer1::IPluginV3* clone() noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
+                            int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+                            nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+                                   int32_t nbOutputs) noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+                    void const* const* inputs, void* const* outputs, void* workspace,
+                    cudaStream_t stream) noexcept override;
+
+private:
+    RotationParams params_{};
+};
+
+class FQFrameTransformPlugin : public FQPluginBase {
+public:
+    explicit FQFrameTransformPlugin(std::vector<int32_t> values);
+    char const* getPluginName() const noexcept override { return "FQFrameTransform"; }
+    nvinfer1::IPluginV3* clone() noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
+                            int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+                            nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+                                   int32_t nbOutputs) noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+                    void const* const* inputs, void* const* outputs, void* workspace,
+                    cudaStream_t stream) noexcept override;
+
+private:
+    FrameParams params_{};
+};
+
+class FQPackedMatMulPlugin : public FQPluginBase {
+public:
+    explicit FQPackedMatMulPlugin(std::vector<int32_t> values);
+    char const* getPluginName() const noexcept override { return "FQPackedMatMul"; }
+    nvinfer1::IPluginV3* clone() noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
+                            int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+                            nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+                                   int32_t nbOutputs) noexcept override;
+    // fp32 scale/zero (the plugin-form ONNX casts its fp16 initializers) are narrowed to fp16 here.
+    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+                            nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+                    void const* const* inputs, void* const* outputs, void* workspace,
+                    cudaStream_t stream) noexcept override;
+};
+
+// One creator per plugin: field names with defaults, createPlugin for the parser's fields
+// (kBUILD) and for the serialized ones (kRUNTIME), which are the same INT32 fields.
+template <typename Plugin>
+class FQPluginCreator : public nvinfer1::IPluginCreatorV3One {
+public:
+    FQPluginCreator(char const* name, std::vector<std::string> field_names);
+    nvinfer1::IPluginV3* createPlugin(char const* name, nvinfer1::PluginFieldCollection const* fc,
+                                      nvinfer1::TensorRTPhase phase) noexcept override;
+    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override { return &collection_; }
+    char const* getPluginName() const noexcept override { return name_.c_str(); }
+    char const* getPluginVersion() const noexcept override { return kPluginVersion; }
+    char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
+
+private:
+    std::string name_;
+    std::vector<std::string> field_names_;
+    std::vector<nvinfer1::PluginField> fields_;
+    nvinfer1::PluginFieldCollection collection_{};
+};
+
+}  // namespace trt
+}  // namespace fq

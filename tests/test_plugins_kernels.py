@@ -1,0 +1,201 @@
+"""GPU proof of the plugins_trt kernels against fq_export's PyTorch reference.
+
+Tolerances follow fast-hadamard-transform: the kernel's error against a float64 reference may be
+at most twice the error plain PyTorch makes in fp16 on the same inputs (plus a tiny floor for
+ops that PyTorch computes exactly). Skipped without a CUDA GPU.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from fq_export import packing
+from fq_export.basis import SideRecipe
+from fq_export.frames import choose_frame, get_frame
+from fq_export.layer import FrameQuantLinear
+from fq_export.rotations import RotationSpec
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+DEV = "cuda"
+
+
+@pytest.fixture(scope="module")
+def h():
+    from plugins_trt import harness
+
+    harness.load_extension()
+    return harness
+
+
+def rel_err(out, ref):
+    out, ref = out.double(), ref.double()
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def check_against(out16, ref64, torch16, what, floor=1e-6):
+    """Kernel error <= 2 x PyTorch-fp16 error (relative Frobenius norm), NaN never passes."""
+    assert torch.isfinite(out16).all(), f"{what}: non-finite output"
+    e_kernel, e_torch = rel_err(out16, ref64), rel_err(torch16, ref64)
+    assert e_kernel <= 2 * e_torch + floor, f"{what}: kernel error {e_kernel:.3e} vs 2 x torch fp16 {e_torch:.3e}"
+    return e_kernel, e_torch
+
+
+# ---- rotation ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dim", [384, 768, 3072, 4096, 11008, 64])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_rotation(h, dim, transpose):
+    seed = 1234 + dim
+    x = torch.randn(37, dim, device=DEV)
+    ref64 = h.hadamard_rotation_ref(x.double(), dim, seed, transpose)
+    torch16 = h.hadamard_rotation_ref(x.half(), dim, seed, transpose)
+    check_against(h.hadamard_rotation(x.half(), dim, seed, transpose), ref64, torch16, f"rotation {dim}")
+    out32 = h.hadamard_rotation(x, dim, seed, transpose)
+    assert rel_err(out32, ref64) < 1e-5
+
+
+# ---- frame ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("d", [384, 768, 1536, 3072, 4096, 11008])
+@pytest.mark.parametrize("transpose", [True, False])
+def test_frame_transform(h, d, transpose):
+    spec = choose_frame(d, 1.1)
+    n_in = d if transpose else spec.num_vectors
+    x = torch.randn(19, n_in, device=DEV)
+    args = (spec.k, spec.rho, spec.d, transpose)
+    ref64 = h.frame_transform_ref(x.double(), *args)
+    torch16 = h.frame_transform_ref(x.half(), *args)
+    check_against(h.frame_transform(x.half(), *args), ref64, torch16, f"frame {d} t={transpose}")
+    check_against(h.frame_transform(x, *args), ref64, torch16, f"frame fp32 {d} t={transpose}")
+
+
+def test_frame_dense_equivalent(h):
+    spec = choose_frame(768, 1.1)
+    t = torch.as_tensor(get_frame(spec.k, spec.rho, spec.d).dense(), device=DEV)
+    u = torch.randn(5, 768, device=DEV, dtype=torch.float64)
+    c = h.frame_transform(u.float(), spec.k, spec.rho, spec.d, True)
+    assert rel_err(c, u @ t) < 2e-3  # fp16 tensor-core DFT
+
+
+# ---- packed matmul -------------------------------------------------------------------------
+
+def random_packed(rows, cols, bits, gen_device=DEV):
+    codes = torch.randint(0, 2**bits, (rows, cols), device=gen_device)
+    scale = (torch.rand(rows, device=gen_device) * 0.05 + 0.01).half()
+    zero = (torch.rand(rows, device=gen_device) * (2**bits - 1)).half()
+    return codes, packing.pack_codes(codes.cpu(), bits).to(gen_device), scale, zero
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("rows", [1, 5, 16, 200])
+@pytest.mark.parametrize("shape", [(840, 420), (4500, 4500), (1700, 3366)])
+def test_packed_matmul(h, bits, rows, shape):
+    if bits == 3 and shape[0] * rows > 1e6:
+        pytest.skip("3 bits takes the plain CUDA-core kernel; small shapes suffice")
+    out_f, in_f = shape
+    _, packed, scale, zero = random_packed(out_f, in_f, bits)
+    x = torch.randn(rows, in_f, device=DEV)
+    args = (packed, scale, zero, bits, in_f, out_f)
+    ref64 = h.packed_matmul_ref(x.double(), *args)
+    d16 = h.dequantize(*args)
+    torch16 = x.half() @ d16.T
+    check_against(h.packed_matmul(x.half(), *args), ref64, torch16, f"matmul b={bits} M={rows} {shape}")
+    check_against(h.packed_matmul(x, *args), ref64, torch16, f"matmul fp32 b={bits} M={rows} {shape}")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_dequantize_pins_unpack_codes(h, bits):
+    """The CUDA code reader equals fq_export.packing.unpack_codes (exact integers)."""
+    codes, packed, _, _ = random_packed(77, 1000 + bits, bits)
+    ones, zeros = torch.ones(77, device=DEV).half(), torch.zeros(77, device=DEV).half()
+    decoded = h.dequantize(packed, ones, zeros, bits, 1000 + bits, 77)
+    assert torch.equal(decoded.long(), codes)
+    assert torch.equal(packing.unpack_codes(packed.cpu(), bits, 1000 + bits), codes.cpu())
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_tensor_core_decode_pins_unpack_codes(h, bits):
+    """One-hot activations read single codes back through the tensor-core path."""
+    in_f = 256
+    codes, packed, _, _ = random_packed(48, in_f, bits)
+    ones, zeros = torch.ones(48, device=DEV).half(), torch.zeros(48, device=DEV).half()
+    eye = torch.eye(in_f, device=DEV).half()
+    for rows in (8, 16, in_f):
+        got = torch.cat([h.packed_matmul(eye[i:i + rows], packed, ones, zeros, bits, in_f, 48)
+                         for i in range(0, in_f, rows)])
+        assert torch.equal(got.T.long(), codes), f"rows={rows}"
+
+
+# ---- whole layers --------------------------------------------------------------------------
+
+def random_layer(in_features, out_features, bits=2, redundancy=1.1, seed=0, bias=True, rotate=True, frames=True):
+    torch.manual_seed(seed)
+    in_r = SideRecipe(in_features, RotationSpec(in_features, seed + 1) if rotate else None,
+                      choose_frame(in_features, redundancy) if frames else None)
+    out_r = SideRecipe(out_features, RotationSpec(out_features, seed + 2) if rotate else None,
+                       choose_frame(out_features, redundancy) if frames else None)
+    codes, packed, scale, zero = random_packed(out_r.size, in_r.size, bits, "cpu")
+    scale = (scale.float() / math.sqrt(in_r.size)).half()
+    b = torch.randn(out_features) * 0.1 if bias else None
+    return FrameQuantLinear(in_r, out_r, bits, packed, scale, zero, b)
+
+
+def layer_forward(layer, x, dtype):
+    """The five steps with fq_export's operators in ``dtype`` (float64 reference / fp16 PyTorch)."""
+    c = layer.in_basis.to_frame(x.to(dtype))
+    z = c @ layer._dequantized.to(dtype).T
+    y = layer.out_basis.from_frame(z)
+    if layer.bias is not None:
+        y = y + layer.bias.to(dtype)
+    return y
+
+
+@pytest.mark.parametrize("shape", [(4096, 4096), (4096, 11008), (11008, 4096), (768, 3072)])
+@pytest.mark.parametrize("rows", [1, 3, 16, 197 * 2])
+def test_frame_linear_random_layers(h, shape, rows):
+    in_f, out_f = shape
+    layer = random_layer(in_f, out_f, seed=in_f + out_f).to(DEV)
+    x = torch.randn(rows, in_f, device=DEV)
+    ref64 = layer_forward(layer, x, torch.float64)
+    torch16 = layer_forward(layer, x, torch.float16)
+    paths = [False] + ([True] if rows <= 16 else [])
+    for fused in paths:
+        out = h.frame_linear(x.half(), layer, fused=fused)
+        check_against(out, ref64, torch16, f"layer {shape} M={rows} fused={fused}")
+    # Repeated fused launches reuse the barrier counter: results must not change.
+    if rows <= 16:
+        kl = h.KernelLinear(layer, fused=True)
+        first = kl(x.half())
+        for _ in range(3):
+            assert torch.equal(kl(x.half()), first)
+
+
+@pytest.mark.parametrize("rotate,frames", [(True, False), (False, True), (False, False)])
+def test_frame_linear_partial_sides(h, rotate, frames):
+    layer = random_layer(768, 768, rotate=rotate, frames=frames).to(DEV)
+    x = torch.randn(4, 768, device=DEV)
+    ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
+    for fused in (True, False):
+        check_against(h.frame_linear(x.half(), layer, fused=fused), ref64, torch16, f"partial fused={fused}")
+
+
+MINILM_LAYERS = os.environ.get("FQ_MINILM_LAYERS", "")
+
+
+@pytest.mark.skipif(not MINILM_LAYERS or not os.path.exists(MINILM_LAYERS),
+                    reason="set FQ_MINILM_LAYERS to a checkpoint of quantized MiniLM layers")
+def test_frame_linear_real_minilm_layers(h):
+    from fq_export.checkpoint import load_checkpoint
+
+    layers, _ = load_checkpoint(MINILM_LAYERS, device=DEV)
+    assert layers
+    for name, layer in layers.items():
+        for rows in (1, 16, 128):
+            x = torch.randn(rows, layer.in_features, device=DEV)
+            ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
+            for fused in ([True, False] if rows <= 16 else [False]):
+                check_against(h.frame_linear(x.half(), layer, fused=fused), ref64, torch16, f"{name} M={rows}")
