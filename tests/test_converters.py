@@ -1,0 +1,204 @@
+"""ONNX export: both forms against dense float64 math, onnx's reference evaluator and PyTorch."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx.reference import ReferenceEvaluator
+from torch import nn
+
+from converters import rewrite, validate
+from converters.subgraphs import pack_signs
+from fq_export import packing, plugin_ops
+from fq_export.basis import SideRecipe
+from fq_export.frames import choose_frame
+from fq_export.layer import FrameQuantLinear
+from fq_export.rotations import RotationSpec, random_signs
+
+
+def random_layer(n, m, bits, redundancy=1.1, rotate=True, frames=True, bias=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ins = SideRecipe(n, RotationSpec(n, 11 + seed) if rotate else None, choose_frame(n, redundancy) if frames else None)
+    outs = SideRecipe(m, RotationSpec(m, 12 + seed) if rotate else None, choose_frame(m, redundancy) if frames else None)
+    codes = torch.randint(0, 2**bits, (outs.size, ins.size), generator=gen)
+    scale = (torch.rand(outs.size, generator=gen) * 0.1 + 0.01).half()
+    zero = (torch.rand(outs.size, generator=gen) * (2**bits - 1)).half()
+    b = torch.randn(m, generator=gen) if bias else None
+    return FrameQuantLinear(ins, outs, bits, packing.pack_codes(codes, bits), scale, zero, b)
+
+
+def dense_reference(layer: FrameQuantLinear, x: np.ndarray) -> np.ndarray:
+    """``x W_hat^T + b`` with ``W_hat = P_out D_hat P_in^T`` from dense float64 matrices."""
+    codes = packing.unpack_codes(layer.packed_codes, layer.bits, layer.in_recipe.size).double().numpy()
+    d = layer.scale.double().numpy()[:, None] * (codes - layer.zero.double().numpy()[:, None])
+    w = layer.out_basis.dense() @ d @ layer.in_basis.dense().T
+    y = x.astype(np.float64) @ w.T
+    return y + layer.bias.double().numpy() if layer.bias is not None else y
+
+
+class Holder(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.proj = layer
+
+    def forward(self, x):
+        return torch.tanh(self.proj(x))
+
+
+def export_tiny(layer, x, tmp_path, form):
+    """Export ``tanh(layer(x))`` and rewrite it; returns the rewritten model path."""
+    from converters.torch_export import dense_copy
+
+    model = Holder(layer)
+    dense, layers = dense_copy(model)
+    path = tmp_path / "fp32.onnx"
+    dynamic = {"x": {0: "batch"}, "y": {0: "batch"}} if x.dim() == 2 else {"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}}
+    torch.onnx.export(dense, (x,), str(path), input_names=["x"], output_names=["y"], dynamic_axes=dynamic,
+                      opset_version=18, dynamo=False)
+    out, sizes = rewrite.rewrite_graph(onnx.load(str(path)), layers, form)
+    out = rewrite.check_model(out)
+    target = tmp_path / f"{form}.onnx"
+    rewrite.save_model(out, target)
+    return target, sizes
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("shape", [(192, 384), (384, 192)])
+def test_standard_form_matches_dense_math(tmp_path, bits, shape):
+    n, m = shape
+    layer = random_layer(n, m, bits, seed=bits)
+    x = torch.randn(2, 5, n)
+    path, _ = export_tiny(layer, x, tmp_path, "standard")
+    ref = np.tanh(dense_reference(layer, x.numpy()))
+    sess = validate.make_session(path, "standard")
+    for batch, seq in ((2, 5), (3, 7)):  # dynamic batch and sequence
+        xs = np.random.default_rng(batch).standard_normal((batch, seq, n)).astype(np.float32)
+        got = sess.run(["y"], {"x": xs})[0]
+        np.testing.assert_allclose(got, np.tanh(dense_reference(layer, xs)), atol=2e-4, rtol=0)
+    # onnx's own reference evaluator runs the same graph: an independent check of the operator use.
+    got = ReferenceEvaluator(str(path)).run(["y"], {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, ref, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("rotate,frames", [(True, True), (True, False), (False, False)])
+def test_plugin_form_runs_in_onnxruntime(tmp_path, rotate, frames):
+    layer = random_layer(384, 192, 2, rotate=rotate, frames=frames)
+    x = torch.randn(4, 384)  # 2-D input: the exporter emits Gemm
+    path, _ = export_tiny(layer, x, tmp_path, "plugin")
+    model = onnx.load(str(path))
+    custom = [n for n in model.graph.node if n.domain == plugin_ops.ONNX_DOMAIN]
+    assert {n.op_type for n in custom} == ({plugin_ops.MATMUL_OP} | ({plugin_ops.ROTATION_OP} if rotate else set())
+                                           | ({plugin_ops.FRAME_OP} if frames else set()))
+    for node in custom:  # what TensorRT's parser needs to find the creator
+        attrs = {a.name: a for a in node.attribute}
+        assert attrs["plugin_version"].type == onnx.AttributeProto.STRING and attrs["plugin_version"].s == b"1"
+        assert attrs["plugin_namespace"].type == onnx.AttributeProto.STRING
+        assert set(plugin_ops.ATTRIBUTES[node.op_type]) <= set(attrs)
+    got = validate.make_session(path, "plugin").run(["y"], {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, np.tanh(dense_reference(layer, x.numpy())), atol=2e-4, rtol=0)
+
+
+def test_packed_codes_stay_packed(tmp_path):
+    layer = random_layer(384, 384, 2)
+    for form in ("standard", "plugin"):
+        path, sizes = export_tiny(layer, torch.randn(3, 384), tmp_path, form)
+        model = onnx.load(str(path))
+        floats = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
+                  and int(np.prod(i.dims)) >= 384 * 384 // 4]
+        assert not floats, f"{form}: a dense float weight is in the file: {[f.name for f in floats]}"
+        ints = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT32
+                and tuple(i.dims) == tuple(layer.packed_codes.shape)]
+        assert len(ints) == 1
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(ints[0]), layer.packed_codes.numpy())
+
+
+def test_sign_bits_decode():
+    signs = random_signs(99, 1000)
+    words = pack_signs(signs).astype(np.int64) % 2**32
+    bits = (words[np.arange(1000) // 32] >> (np.arange(1000) % 32)) & 1
+    np.testing.assert_array_equal(1 - 2 * bits, signs)
+
+
+def test_unmatched_layer_is_an_error(tmp_path):
+    layer = random_layer(192, 192, 2)
+    x = torch.randn(2, 192)
+    from converters.torch_export import dense_copy
+
+    dense, layers = dense_copy(Holder(layer))
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(dense, (x,), str(path), input_names=["x"], output_names=["y"], opset_version=18, dynamo=False)
+    other = {"elsewhere.proj": random_layer(192, 192, 2, seed=5)}
+    with pytest.raises(rewrite.ConversionError, match="elsewhere.proj"):
+        rewrite.rewrite_graph(onnx.load(str(path)), other, "standard")
+
+
+# ---- a small real model, end to end -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def minilm_quantized():
+    from calib.sources import calibration_batches
+    from fq_export.config import QuantConfig
+    from fq_export.models import load_model
+    from fq_export.pipeline import quantize
+
+    adapter = load_model("minilm")
+    batches, _ = calibration_batches(adapter, None, 6)
+    quantize(adapter, QuantConfig(method="framequant", bits=2, redundancy=1.1), batches, progress=False)
+    return adapter
+
+
+def test_minilm_both_forms_against_pytorch(minilm_quantized, tmp_path):
+    from converters.export import export_artifacts
+    from fq_export.export_cli import validation_batches
+
+    adapter = minilm_quantized
+    batches, _ = validation_batches(adapter, 8)
+    paths = {f: tmp_path / f"{f}.onnx" for f in ("standard", "plugin")}
+    report = export_artifacts(adapter, ["standard", "plugin"], paths, batches[0], batches)
+    for form, entry in report["artifacts"].items():
+        assert entry["passed"], (form, entry)
+        assert entry["max_abs_err"] < 1e-4 and entry["cosine"] > 0.9999 and entry["task_agreement"] > 0.9999
+        size = entry["size"]
+        assert size["codes_within_budget"]
+        assert size["quantized_layers_codes_scales_bytes"] <= size["effective_bits"] / 32 * size["quantized_layers_fp32_bytes"] + 1
+        assert entry["bytes"] < report["fp32_onnx"]["bytes"]
+    # The validation itself can fail: perturb one layer's scales in the file and it must be caught and named.
+    model = onnx.load(str(paths["standard"]))
+    victim = "encoder.layer.3.attention.self.value"
+    init = next(i for i in model.graph.initializer if i.name.startswith(f"{victim}/scale"))
+    values = onnx.numpy_helper.to_array(init) * np.float16(3.0)
+    init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
+    onnx.save_model(model, str(paths["standard"]))
+    figures = validate.compare(adapter, validate.make_session(paths["standard"], "standard"), batches)
+    assert not figures["passed"]
+    from converters.torch_export import export_onnx
+
+    layers = export_onnx(adapter, batches[0], tmp_path / "fp32.onnx")
+    _, sizes = rewrite.rewrite_graph(onnx.load(str(tmp_path / "fp32.onnx")), layers, "standard")
+    worst = validate.layer_blame(adapter, paths["standard"], "standard", sizes["io"], batches[0])
+    assert worst[0]["layer"] == victim and worst[0]["rel_err"] > 0.1
+
+
+def test_cli_plan_without_tensorrt(tmp_path, capsys):
+    from fq_export.cli import main
+
+    out = tmp_path / "engine.plan"
+    code = main(["--model", "minilm", "--method", "rtn", "--calib-samples", "2", "--validate-samples", "2",
+                 "--out", str(out), "--report", str(tmp_path / "r.json"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 3 and not out.exists()
+    assert (tmp_path / "engine.plugin.onnx").exists() and "trtexec --onnx=" in err and "--dynamicPlugins=" in err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] and report["engine"]["built"] is False
+    assert {"max_abs_err", "cosine", "task_agreement", "effective_bits", "bytes"} <= set(report)
+
+
+def test_cli_rejects_bad_output_name(tmp_path, capsys):
+    from fq_export.cli import main
+
+    assert main(["--model", "minilm", "--out", str(tmp_path / "x.txt")]) == 2
+    assert ".onnx or .plan" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
