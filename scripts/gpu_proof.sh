@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The H100 proof of plugins_trt (run from the repo root on the GPU machine; $OUT collects results):
+# kernel tests against fq_export's PyTorch reference (random and real MiniLM layers), whole-model
+# MiniLM and ViT-B/16 forward passes through the kernels, and benchmarks/kernels.py.
+set -u
+OUT=${OUT:-/tmp/fq-gpu-proof}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD
+python -c "import pytest" 2>/dev/null || pip install -q --no-index --find-links .whl pytest pluggy iniconfig
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+start=$(date +%s)
+python -c "from plugins_trt import harness; harness.load_extension()" > "$OUT/build.txt" 2>&1; echo "build rc=$? $(( $(date +%s) - start ))s"
+FQ_MINILM_LAYERS=.proof/minilm/layers.safetensors timeout ${TEST_TIMEOUT:-200} python -m pytest -q -p no:cacheprovider \
+  tests/test_plugins_kernels.py > "$OUT/pytest_kernels.txt" 2>&1; echo "tests rc=$? $(( $(date +%s) - start ))s"; tail -15 "$OUT/pytest_kernels.txt"
+timeout ${WHOLE_TIMEOUT:-150} python plugins_trt/tools/whole_model.py run --minilm .proof/minilm --vit --json "$OUT/whole_model.json" > "$OUT/whole_model.txt" 2>&1
+echo "whole-model rc=$? $(( $(date +%s) - start ))s"; tail -30 "$OUT/whole_model.txt"
+timeout ${BENCH_TIMEOUT:-200} python benchmarks/kernels.py --json "$OUT/kernels_h100.json" > "$OUT/kernels.txt" 2>&1
+echo "bench rc=$? $(( $(date +%s) - start ))s"; tail -40 "$OUT/kernels.txt"
