@@ -62,12 +62,17 @@ def run_model(name: str, args, sink=None) -> list[dict]:
     else:
         eval_data = text_data.stdlib_corpus("eval")
         reference = None
-    rows = [{"model": name, "method": "full precision", "bits": 32, "effective_bits": 32.0, "r_in": 1.0, "r_out": 1.0,
-             **evaluate(base, reference, eval_data, args), "seconds": 0.0}]
-    print(rows[-1], flush=True)
+    only = set(args.only.split(",")) if args.only else None
+    rows = []
+    if only is None or "full precision" in only:
+        rows.append({"model": name, "method": "full precision", "bits": 32, "effective_bits": 32.0, "r_in": 1.0,
+                     "r_out": 1.0, **evaluate(base, reference, eval_data, args), "seconds": 0.0})
+        print(rows[-1], flush=True)
     batches, where = calibration_batches(base, None, args.calib_samples, seed=0, window=args.window)
     bits_list = tuple(int(b) for b in args.bits.split(","))
     for config in configs(bits_list):
+        if only is not None and f"{config.label}@{config.bits}" not in only and config.label not in only:
+            continue
         adapter = copy.copy(base)
         adapter.model = copy.deepcopy(base.model)
         adapter.blocks = [(p, adapter.model.get_submodule(p)) for p, _ in base.blocks]
@@ -80,6 +85,13 @@ def run_model(name: str, args, sink=None) -> list[dict]:
                **evaluate(adapter, reference, eval_data, args), "seconds": seconds}
         rows.append(row)
         print(row, flush=True)
+        if args.save and args.save.split("=")[0] == f"{config.label}@{config.bits}":
+            from fq_export.checkpoint import save_checkpoint
+            from fq_export.pipeline import quantized_layers
+
+            save_checkpoint(args.save.split("=", 1)[1], quantized_layers(adapter.model),
+                            {"model": base.source, "config": config.to_dict(),
+                             "calibration": {"source": where, "samples": len(batches)}})
         if sink is not None:
             sink(rows)
         del adapter
@@ -101,12 +113,13 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, model in zip(axes[0], models):
         sub = [r for r in rows if r["model"] == model and r["method"] != "full precision"]
         metric = "embedding_cosine" if "embedding_cosine" in sub[0] else "perplexity"
-        fp = next(r for r in rows if r["model"] == model and r["method"] == "full precision")[metric]
+        fp = next((r[metric] for r in rows if r["model"] == model and r["method"] == "full precision"), None)
         for family, marker in (("rtn", "x"), ("gptq", "s"), ("quip", "^"), ("quip-clip", "v"), ("framequant", "o")):
             pts = [r for r in sub if r["method"] == family or (family == "framequant" and r["method"].startswith("framequant"))]
             if pts:
                 ax.scatter([p["effective_bits"] for p in pts], [p[metric] for p in pts], marker=marker, label=family)
-        ax.axhline(fp, color="gray", linestyle="--", label="full precision")
+        if fp is not None:
+            ax.axhline(fp, color="gray", linestyle="--", label="full precision")
         ax.set_xlabel("effective bits per weight (honest: codes + scales + padding)")
         ax.set_ylabel(metric)
         if metric == "perplexity":
@@ -129,10 +142,19 @@ def main() -> int:
     parser.add_argument("--eval-sentences", type=int, default=1000)
     parser.add_argument("--out-dir", default="benchmarks/results")
     parser.add_argument("--tag", default="quality")
+    parser.add_argument("--only", help="comma-separated rows to run: 'full precision', a method label "
+                                       "(framequant-r1.1-both) or label@bits")
+    parser.add_argument("--save", help="LABEL@BITS=PATH: also save that configuration's checkpoint")
+    parser.add_argument("--merge", help="comma-separated result JSON files (partial or final) to merge into one table")
     args = parser.parse_args()
     out = Path(args.out_dir)
     rows = []
-    for name in args.models.split(","):
+    if args.merge:
+        for f in args.merge.split(","):
+            data = json.loads(Path(f).read_text())
+            rows += data["rows"] if isinstance(data, dict) else data
+        args.models = ""
+    for name in filter(None, args.models.split(",")):
         done = list(rows)
         rows += run_model(name, args, sink=lambda partial: write_json(out / f"{args.tag}.partial.json", done + partial))
     columns = ["model", "method", "bits", "effective_bits", "r_in", "r_out"]
