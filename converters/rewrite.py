@@ -52,7 +52,22 @@ class Match:
 
 
 def _const(tensor) -> np.ndarray | None:
-    return tensor.values if isinstance(tensor, gs.Constant) else None
+    """The value of a constant tensor: an initializer, a ``Constant`` node's output, or either behind
+    ``Identity`` nodes (torch's exporter deduplicates equal initializers into ``Identity`` chains, e.g.
+    the all-zero biases of a freshly initialised model)."""
+    for _ in range(16):
+        if isinstance(tensor, gs.Constant):
+            return tensor.values
+        producer = tensor.inputs[0] if tensor.inputs else None
+        if producer is None:
+            return None
+        if producer.op == "Constant" and "value" in producer.attrs:
+            value = producer.attrs["value"]
+            return value.values if isinstance(value, gs.Constant) else np.asarray(value)
+        if producer.op != "Identity":
+            return None
+        tensor = producer.inputs[0]
+    return None
 
 
 def _weight_of(node: gs.Node) -> tuple[np.ndarray | None, list]:

@@ -275,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, UnknownModelError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"fq-export: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        if type(exc).__name__ != "ConversionError":  # converters.rewrite: a graph it cannot rewrite
+            raise
+        print(f"fq-export: error: ONNX conversion failed: {exc}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

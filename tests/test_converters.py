@@ -122,6 +122,37 @@ def test_sign_bits_decode():
     np.testing.assert_array_equal(1 - 2 * bits, signs)
 
 
+class Chain(nn.Module):
+    def __init__(self, first, second):
+        super().__init__()
+        self.first, self.second = first, second
+
+    def forward(self, x):
+        return self.second(torch.tanh(self.first(x)))
+
+
+@pytest.mark.parametrize("form", ["standard", "plugin"])
+def test_equal_biases_deduplicated_by_the_exporter(tmp_path, form):
+    # Freshly initialised models (the random-weight ViT, Swin) have all-zero biases; torch's exporter
+    # keeps one initializer and feeds the others through Identity nodes. The bias must still be found.
+    first, second = random_layer(192, 192, 2, seed=1), random_layer(192, 192, 3, seed=2)
+    first.bias.zero_()
+    second.bias.zero_()
+    from converters.torch_export import dense_copy
+
+    dense, layers = dense_copy(Chain(first, second))
+    x = torch.randn(2, 3, 192)
+    path = tmp_path / "fp32.onnx"
+    torch.onnx.export(dense, (x,), str(path), input_names=["x"], output_names=["y"], opset_version=18, dynamo=False,
+                      dynamic_axes={"x": {0: "b", 1: "s"}, "y": {0: "b", 1: "s"}})
+    assert any(n.op_type == "Identity" for n in onnx.load(str(path)).graph.node), "no deduplicated initializer"
+    out = rewrite.check_model(rewrite.rewrite_graph(onnx.load(str(path)), layers, form)[0])
+    rewrite.save_model(out, tmp_path / "q.onnx")
+    got = validate.make_session(tmp_path / "q.onnx", form).run(["y"], {"x": x.numpy()})[0]
+    want = dense_reference(second, np.tanh(dense_reference(first, x.numpy())))
+    np.testing.assert_allclose(got, want, atol=2e-4, rtol=0)
+
+
 def test_unmatched_layer_is_an_error(tmp_path):
     layer = random_layer(192, 192, 2)
     x = torch.randn(2, 192)
