@@ -38,7 +38,10 @@ class CausalLogits(nn.Module):
         self.model = model
 
     def forward(self, input_ids):
-        return self.model(input_ids=input_ids, use_cache=False).logits
+        # An explicit all-ones mask: without one, transformers probes position_ids for packed
+        # sequences with torch.diff, which the ONNX exporter cannot express.
+        mask = torch.ones_like(input_ids)
+        return self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
 
 
 class VisionLogits(nn.Module):

@@ -233,3 +233,28 @@ def test_cli_rejects_bad_output_name(tmp_path, capsys):
     assert main(["--model", "minilm", "--out", str(tmp_path / "x.txt")]) == 2
     assert ".onnx or .plan" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_causal_lm_exports_with_dynamic_sequence(tmp_path):
+    # A tiny random Llama through the same wrapper as SmolLM2: transformers' mask code must export
+    # (no torch.diff packed-sequence probe) and the graph must serve other batch and sequence sizes.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from converters.torch_export import CausalLogits
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    module = CausalLogits(LlamaForCausalLM(config).eval()).eval()
+    ids = torch.randint(0, 128, (1, 5))
+    path = tmp_path / "llama.onnx"
+    with torch.no_grad():
+        torch.onnx.export(module, (ids,), str(path), input_names=["input_ids"], output_names=["output"],
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "output": {0: "b", 1: "s"}},
+                          opset_version=18, dynamo=False)
+    sess = validate.make_session(path, "standard")
+    for shape in ((1, 5), (3, 11)):
+        x = torch.randint(0, 128, shape)
+        with torch.no_grad():
+            want = module(x).numpy()
+        np.testing.assert_allclose(sess.run(None, {"input_ids": x.numpy()})[0], want, atol=1e-4, rtol=0)
