@@ -38,3 +38,33 @@ def test_kernel_sources_are_free_of_tensorrt_and_torch():
         text = source.read_text()
         for banned in ("NvInfer", "torch/", "ATen", "nvinfer1"):
             assert banned not in text, f"{source.name} mentions {banned}"
+
+
+CMAKE = shutil.which("cmake")
+VERSION_HEADERS = {
+    "trt9": "#define NV_TENSORRT_MAJOR 9 //!< major\n",
+    "trt10": "#define NV_TENSORRT_MAJOR 10 //!< major\n",
+    "trt11": "#define TRT_MAJOR_ENTERPRISE 11\n#define NV_TENSORRT_MAJOR TRT_MAJOR_ENTERPRISE //!< major\n"
+             "#define NV_TENSORRT_LWS_MAJOR 0\n",
+}
+
+
+@pytest.mark.skipif(CMAKE is None or NVCC is None, reason="cmake or nvcc not found")
+@pytest.mark.parametrize("case", ["missing", "trt9", "trt10", "trt11"])
+def test_cmake_finds_tensorrt_or_says_what_to_pass(tmp_path, case):
+    root = tmp_path / "TensorRT"
+    if case != "missing":
+        (root / "include").mkdir(parents=True)
+        (root / "include" / "NvInfer.h").write_text("// stand-in\n")
+        (root / "include" / "NvInferVersion.h").write_text(VERSION_HEADERS[case])
+    env = dict(os.environ, CUDACXX=NVCC)
+    env.pop("TENSORRT_ROOT", None)
+    result = subprocess.run([CMAKE, "-S", str(CSRC.parent), "-B", str(tmp_path / "build"), f"-DTENSORRT_ROOT={root}"],
+                            capture_output=True, text=True, env=env)
+    output = result.stdout + result.stderr
+    if case == "missing":
+        assert result.returncode != 0 and "NvInfer.h) not found" in output and "TENSORRT_ROOT" in output
+    elif case == "trt9":
+        assert result.returncode != 0 and "TensorRT 9 found" in output and "10 or newer" in output
+    else:
+        assert f"TensorRT {case[3:]} headers: {root / 'include'}" in output, output
