@@ -1,5 +1,8 @@
 """Where the time of one FrameQuant layer goes on the GPU: each of the five steps timed alone.
 
+(The layer paths fuse rotate-in + analysis into one prologue and synthesis + rotate-out into one
+epilogue; the single-op kernels timed here are those of the TensorRT op plugins.)
+
 For each shape and row count M: the input rotation, frame analysis, packed matmul, frame synthesis and
 output rotation kernels of ``plugins_trt`` (each launched alone, CUDA graphs as in
 ``benchmarks/kernels.py``), against what the same step would cost at the memory roofline (its bytes
@@ -62,7 +65,10 @@ def steps(layer, rows: int, bandwidth: float) -> list[dict]:
     us, _ = time_fn(lambda t: torch.matmul(t, w.T), x)
     out.append({"step": "cuBLAS fp16 dense W (m x n), the baseline", "us": us})
     us, _ = time_fn(kl, x)
-    out.append({"step": "five-launch layer (all steps, as benchmarks/kernels.py)", "us": us})
+    out.append({"step": "three-launch layer (prologue, packed matmul, epilogue)", "us": us})
+    if rows >= 197:
+        us, _ = time_fn(harness.KernelLinear(layer, path="gemm"), x)
+        out.append({"step": "gemm layer (prologue, dequantize, cuBLAS, epilogue)", "us": us})
     if rows <= 16:
         fused = harness.KernelLinear(layer, fused=True)
         us, _ = time_fn(fused, x)

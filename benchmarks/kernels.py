@@ -1,19 +1,24 @@
 """Per-layer timings of the plugins_trt kernels against cuBLAS fp16 (run on a GPU).
 
-For each shape (in_features x out_features) and row count M: the fused single-launch layer
-(M <= 16), the five-launch layer, "frames + dequantize + cuBLAS" (the transforms by the kernels,
-the matmul by torch.matmul on a D_hat decoded for each call), and cuBLAS fp16 on the dense weight
-(``torch.matmul``). At M = 1 also the bytes the fused layer must move and the fraction of the
-measured device-to-device copy bandwidth that this amounts to (percent of the memory roofline).
+For each shape (in_features x out_features) and row count M, the layer's kernel paths:
+``fused`` (one cooperative launch, M <= 16), ``kernels`` (three launches: prologue, packed
+matmul, epilogue), ``gemm`` (prologue, D_hat decoded to fp16, cuBLAS, epilogue; M >= 197), and
+cuBLAS fp16 on the dense weight (``torch.matmul``). At M = 1 also the bytes the fused layer must
+move and the fraction of the measured device-to-device copy bandwidth that this amounts to
+(percent of the memory roofline).
 
-Timing: CUDA graphs of 20 calls replayed, median of the replays (falls back to events around
-eager calls if a path cannot be captured); inputs rotate among 4 buffers.
+Timing: CUDA graphs of calls replayed, median of the replays (falls back to events around
+eager calls if a path cannot be captured); inputs rotate among 4 buffers. "warm": one weight,
+reused by every call (a 2-bit 4096x4096 layer's 5 MB of codes then stay in the 50 MB L2);
+"cold" (M <= 16): each call of a graph uses another copy of the weights, with copies enough to
+hold at least twice the L2 (what a model with many layers sees).
 
     python benchmarks/kernels.py --json benchmarks/results/kernels_h100.json
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -32,22 +37,26 @@ ROWS = [1, 16, 197 * 8, 197 * 64]
 CALLS_PER_GRAPH = 20
 
 
-def time_fn(fn, inputs, reps=30) -> tuple[float, str]:
-    """Median microseconds per call of fn(x) over rotating inputs."""
-    for x in inputs:
-        fn(x)
+def time_fn(fn, inputs, reps=30, calls=CALLS_PER_GRAPH, weights=None) -> tuple[float, str]:
+    """Median microseconds per call of fn(x) (or fn(x, w) over rotating ``weights``)."""
+    def call(i):
+        x = inputs[i % len(inputs)]
+        return fn(x) if weights is None else fn(x, weights[i % len(weights)])
+
+    for i in range(max(len(inputs), len(weights or []))):
+        call(i)
     torch.cuda.synchronize()
     try:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for x in inputs:
-                fn(x)
+            for i in range(len(inputs)):
+                call(i)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            for i in range(CALLS_PER_GRAPH):
-                fn(inputs[i % len(inputs)])
+            for i in range(calls):
+                call(i)
         graph.replay()
         torch.cuda.synchronize()
         times = []
@@ -57,7 +66,7 @@ def time_fn(fn, inputs, reps=30) -> tuple[float, str]:
             graph.replay()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end) * 1000 / CALLS_PER_GRAPH)
+            times.append(start.elapsed_time(end) * 1000 / calls)
         return statistics.median(times), "graph"
     except Exception as err:  # noqa: BLE001 - report and fall back to eager timing
         torch.cuda.synchronize()
@@ -66,11 +75,11 @@ def time_fn(fn, inputs, reps=30) -> tuple[float, str]:
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for i in range(CALLS_PER_GRAPH):
-            fn(inputs[i % len(inputs)])
+        for i in range(calls):
+            call(i)
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / CALLS_PER_GRAPH)
+        times.append(start.elapsed_time(end) * 1000 / calls)
     return statistics.median(times), note
 
 
@@ -105,54 +114,60 @@ def fused_bytes(layer) -> int:
     return total
 
 
-def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy):
+def copies_for(nbytes: int, l2_bytes: int, cap: int = 256) -> int:
+    """Weight copies whose total is at least twice the L2 (at least CALLS_PER_GRAPH, at most cap)."""
+    return max(CALLS_PER_GRAPH, min(cap, -(-2 * l2_bytes // max(nbytes, 1))))
+
+
+def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy, l2_bytes):
     layer = harness.random_frame_layer(in_f, out_f, bits=bits, redundancy=redundancy, seed=in_f * 7 + out_f).cuda()
-    fused_kl, unfused_kl = harness.KernelLinear(layer, fused=True), harness.KernelLinear(layer, fused=False)
+    kls = {path: harness.KernelLinear(layer, path=path) for path in ("fused", "kernels", "gemm")}
     weight = torch.randn(out_f, in_f, device="cuda", dtype=torch.float16) / in_f**0.5
     k_out, k_in = layer.frame_shape
+    cold = None
     results = []
     for rows in rows_list:
         inputs = [torch.randn(rows, in_f, device="cuda", dtype=torch.float16) for _ in range(4)]
         row = {"in_features": in_f, "out_features": out_f, "M": rows, "K_in": k_in, "K_out": k_out, "bits": bits}
         row["cublas_fp16_us"], _ = time_fn(lambda x: torch.matmul(x, weight.T), inputs)
-        row["five_launch_us"], row["five_launch_timing"] = time_fn(unfused_kl, inputs)
+        row["kernels_us"], row["kernels_timing"] = time_fn(kls["kernels"], inputs)
         if rows <= 16:
-            row["fused_us"], row["fused_timing"] = time_fn(fused_kl, inputs)
+            row["fused_us"], row["fused_timing"] = time_fn(kls["fused"], inputs)
+            if cold is None:  # weight copies for the cold-L2 timings
+                n_dense = copies_for(weight.numel() * 2, l2_bytes)
+                n_codes = copies_for(layer.packed_codes.numel() * 4, l2_bytes)
+                cold = ([weight.clone() for _ in range(n_dense)],
+                        [harness.KernelLinear(copy.deepcopy(layer), path="fused") for _ in range(n_codes)])
+            dense_w, fused_kls = cold
+            row["cold_copies"] = {"cublas": len(dense_w), "fused": len(fused_kls)}
+            row["cublas_cold_us"], _ = time_fn(lambda x, w: torch.matmul(x, w.T), inputs, calls=len(dense_w),
+                                               weights=dense_w)
+            row["fused_cold_us"], _ = time_fn(lambda x, kl: kl(x), inputs, calls=len(fused_kls), weights=fused_kls)
         if rows >= 197:
-            tables, ints = unfused_kl.tables(torch.device("cuda"))
-            mt = tables[8:11]
-
-            def dequant_cublas(x, layer=layer, mt=mt):
-                ri, fi = layer.in_recipe.rotation, layer.in_recipe.frame
-                ro, fo = layer.out_recipe.rotation, layer.out_recipe.frame
-                u = harness.hadamard_rotation(x, ri.dim, ri.seed, transpose=True)
-                c = harness.frame_transform(u, fi.k, fi.rho, fi.d, True)
-                d16 = harness.dequantize(*mt, layer.bits, k_in, k_out)
-                z = torch.matmul(c, d16.T)
-                v = harness.frame_transform(z, fo.k, fo.rho, fo.d, False)
-                return harness.hadamard_rotation(v, ro.dim, ro.seed) + layer.bias.half()
-
-            row["frames_dequant_cublas_us"], _ = time_fn(dequant_cublas, inputs)
-        best = min(row.get("fused_us", float("inf")), row["five_launch_us"])
+            row["gemm_us"], row["gemm_timing"] = time_fn(kls["gemm"], inputs)
+        best = min(row.get("fused_us", float("inf")), row["kernels_us"], row.get("gemm_us", float("inf")))
         row["best_us"] = best
         row["speedup_vs_cublas"] = row["cublas_fp16_us"] / best
+        if "fused_cold_us" in row:
+            row["cold_speedup_vs_cublas"] = row["cublas_cold_us"] / row["fused_cold_us"]
         if rows == 1:
             nbytes = fused_bytes(layer)
             row["fused_bytes"] = nbytes
             row["dense_fp16_bytes"] = 2 * in_f * out_f
-            row["fused_roofline_pct"] = 100 * (nbytes / (row["fused_us"] * 1e-6)) / bandwidth
-            row["cublas_roofline_pct"] = 100 * (2 * in_f * out_f / (row["cublas_fp16_us"] * 1e-6)) / bandwidth
+            row["fused_roofline_pct"] = 100 * (nbytes / (row["fused_cold_us"] * 1e-6)) / bandwidth
+            row["cublas_roofline_pct"] = 100 * (2 * in_f * out_f / (row["cublas_cold_us"] * 1e-6)) / bandwidth
         results.append(row)
         print(_format(row), flush=True)
     return results
 
 
 def _format(r) -> str:
-    f = lambda key: f"{r[key]:9.1f}" if key in r else "        -"  # noqa: E731
-    roof = f"{r['fused_roofline_pct']:6.1f}%" if "fused_roofline_pct" in r else "      -"
-    return (f"{r['in_features']:>5}x{r['out_features']:<5} M={r['M']:<6} fused {f('fused_us')}  five {f('five_launch_us')}"
-            f"  deq+cuBLAS {f('frames_dequant_cublas_us')}  cuBLAS {f('cublas_fp16_us')}  "
-            f"x{r['speedup_vs_cublas']:5.2f}  roofline {roof}")
+    f = lambda key: f"{r[key]:8.1f}" if key in r else "       -"  # noqa: E731
+    roof = f"{r['fused_roofline_pct']:5.1f}%" if "fused_roofline_pct" in r else "     -"
+    cold = f"x{r['cold_speedup_vs_cublas']:5.2f}" if "cold_speedup_vs_cublas" in r else "     -"
+    return (f"{r['in_features']:>5}x{r['out_features']:<5} M={r['M']:<6} fused {f('fused_us')} kernels {f('kernels_us')}"
+            f" gemm {f('gemm_us')} cuBLAS {f('cublas_fp16_us')} best x{r['speedup_vs_cublas']:5.2f} | cold: fused "
+            f"{f('fused_cold_us')} cuBLAS {f('cublas_cold_us')} {cold} roofline {roof}")
 
 
 def main(argv=None):
@@ -167,14 +182,17 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = True
     bandwidth = copy_bandwidth()
     props = torch.cuda.get_device_properties(0)
-    print(f"device {props.name}, {props.multi_processor_count} SMs; copy bandwidth {bandwidth / 1e12:.2f} TB/s "
+    l2_bytes = getattr(props, "L2_cache_size", 50 << 20)
+    print(f"device {props.name}, {props.multi_processor_count} SMs, L2 {l2_bytes / 2**20:.0f} MiB; "
+          f"copy bandwidth {bandwidth / 1e12:.2f} TB/s "
           f"(read + write); bits={args.bits} redundancy={args.redundancy} (both sides)", flush=True)
     shapes = [(4096, 4096)] if args.quick else VIT_SHAPES + LLAMA_SHAPES
     rows_list = [1, 197 * 64] if args.quick else ROWS
     results = []
     for in_f, out_f in shapes:
-        results += bench_shape(in_f, out_f, rows_list, bandwidth, args.bits, args.redundancy)
-    out = {"device": props.name, "sms": props.multi_processor_count, "copy_bandwidth_Bps": bandwidth,
+        results += bench_shape(in_f, out_f, rows_list, bandwidth, args.bits, args.redundancy, l2_bytes)
+    out = {"device": props.name, "sms": props.multi_processor_count, "l2_bytes": l2_bytes,
+           "copy_bandwidth_Bps": bandwidth,
            "torch": torch.__version__, "bits": args.bits, "redundancy": args.redundancy,
            "packing_layout": packing.LAYOUT_VERSION, "results": results}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -42,9 +42,11 @@ def load_extension(verbose: bool = False):
         os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
     return load(
         name="fq_plugins_ext",
-        sources=[str(ROOT / "torch_ext" / "binding.cpp"), str(CSRC / "recipe.cpp"), *KERNEL_SOURCES],
+        sources=[str(ROOT / "torch_ext" / "binding.cpp"), str(CSRC / "recipe.cpp"), str(CSRC / "gemm_cublas.cpp"),
+                 *KERNEL_SOURCES],
         extra_include_paths=[str(CSRC)],
         extra_cflags=["-O3"],
+        extra_ldflags=["-lcublas"],
         extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
         verbose=verbose,
     )
@@ -142,16 +144,29 @@ def dequantize(packed_codes, scale, zero, bits: int, in_features: int, out_featu
 
 # ---- a whole FrameQuant layer -------------------------------------------------------------
 
+PATHS = {"fused": 1, "kernels": 2, "gemm": 3}
+GEMM_MIN_ROWS = 64
+
+
 class KernelLinear(nn.Module):
-    """A ``FrameQuantLinear`` run by the kernels: fused single launch for at most
-    ``fused_max_rows`` rows (unless ``fused=False``), the five-launch path otherwise.
+    """A ``FrameQuantLinear`` run by the kernels.
+
+    ``path``: ``"fused"`` (one cooperative launch, at most ``fused_max_rows`` rows), ``"kernels"``
+    (three launches: prologue, packed matmul, epilogue), ``"gemm"`` (prologue, D_hat decoded to
+    fp16, cuBLAS, epilogue; fp16 only) or ``None``: fused up to ``fused_max_rows`` rows, gemm from
+    ``GEMM_MIN_ROWS`` fp16 rows, kernels otherwise. ``fused=True/False`` is shorthand for
+    ``path="fused"/"kernels"``.
 
     Shapes and dense equivalent as ``FrameQuantLinear``: ``y = x @ (P_out D_hat P_in^T).T + b``.
     """
 
-    def __init__(self, layer: FrameQuantLinear, fused: bool | None = None):
+    def __init__(self, layer: FrameQuantLinear, fused: bool | None = None, path: str | None = None):
         super().__init__()
-        self.layer, self.fused = layer, fused
+        if path is None and fused is not None:
+            path = "fused" if fused else "kernels"
+        if path is not None and path not in PATHS:
+            raise ValueError(f"unknown kernel path {path!r}; expected one of {sorted(PATHS)}")
+        self.layer, self.path = layer, path
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self._barrier = None
         self._tables = None
@@ -188,32 +203,38 @@ class KernelLinear(nn.Module):
         ext = load_extension()
         tables, ints = self.tables(x.device)
         rows = x.numel() // x.shape[-1]
-        fused = self.fused if self.fused is not None else rows <= ext.fused_max_rows
+        dtype = x.dtype if x.dtype in (torch.float16, torch.float32) else torch.float16
+        path = self.path
+        if path is None:
+            if rows <= ext.fused_max_rows:
+                path = "fused"
+            else:
+                path = "gemm" if dtype == torch.float16 and rows >= GEMM_MIN_ROWS else "kernels"
         if self._barrier is None or self._barrier.device != x.device:
             self._barrier = torch.zeros(1, dtype=torch.int32, device=x.device)
-        dtype = x.dtype if x.dtype in (torch.float16, torch.float32) else torch.float16
-        y = ext.frame_linear(x.to(dtype).contiguous(), tables, ints, bool(fused), self._barrier)
+        y = ext.frame_linear(x.to(dtype).contiguous(), tables, ints, PATHS[path], self._barrier)
         return y.to(x.dtype)
 
 
-def frame_linear(x: torch.Tensor, layer: FrameQuantLinear, fused: bool | None = None) -> torch.Tensor:
+def frame_linear(x: torch.Tensor, layer: FrameQuantLinear, fused: bool | None = None,
+                 path: str | None = None) -> torch.Tensor:
     """One quantized layer through the kernels; see ``KernelLinear``."""
-    return KernelLinear(layer, fused)(x)
+    return KernelLinear(layer, fused, path)(x)
 
 
 def frame_linear_ref(x: torch.Tensor, layer: FrameQuantLinear) -> torch.Tensor:
     return layer(x)
 
 
-def use_kernels(model: nn.Module, fused: bool | None = None) -> int:
+def use_kernels(model: nn.Module, fused: bool | None = None, path: str | None = None) -> int:
     """Replace every ``FrameQuantLinear`` of ``model`` (in place) by a ``KernelLinear``; returns the count."""
     count = 0
     for name, module in list(model.named_children()):
         if isinstance(module, FrameQuantLinear):
-            setattr(model, name, KernelLinear(module, fused))
+            setattr(model, name, KernelLinear(module, fused, path))
             count += 1
         else:
-            count += use_kernels(module, fused)
+            count += use_kernels(module, fused, path)
     return count
 
 

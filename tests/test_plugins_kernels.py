@@ -162,10 +162,10 @@ def test_frame_linear_random_layers(h, shape, rows):
     x = torch.randn(rows, in_f, device=DEV)
     ref64 = layer_forward(layer, x, torch.float64)
     torch16 = layer_forward(layer, x, torch.float16)
-    paths = [False] + ([True] if rows <= 16 else [])
-    for fused in paths:
-        out = h.frame_linear(x.half(), layer, fused=fused)
-        check_against(out, ref64, torch16, f"layer {shape} M={rows} fused={fused}")
+    paths = ["kernels", "gemm"] + (["fused"] if rows <= 16 else [])
+    for path in paths:
+        out = h.frame_linear(x.half(), layer, path=path)
+        check_against(out, ref64, torch16, f"layer {shape} M={rows} path={path}")
     # Repeated fused launches reuse the barrier counter: results must not change.
     if rows <= 16:
         kl = h.KernelLinear(layer, fused=True)
@@ -179,8 +179,8 @@ def test_frame_linear_partial_sides(h, rotate, frames):
     layer = random_layer(768, 768, rotate=rotate, frames=frames).to(DEV)
     x = torch.randn(4, 768, device=DEV)
     ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
-    for fused in (True, False):
-        check_against(h.frame_linear(x.half(), layer, fused=fused), ref64, torch16, f"partial fused={fused}")
+    for path in ("fused", "kernels", "gemm"):
+        check_against(h.frame_linear(x.half(), layer, path=path), ref64, torch16, f"partial path={path}")
 
 
 MINILM_LAYERS = os.environ.get("FQ_MINILM_LAYERS", "")
@@ -197,5 +197,22 @@ def test_frame_linear_real_minilm_layers(h):
         for rows in (1, 16, 128):
             x = torch.randn(rows, layer.in_features, device=DEV)
             ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
-            for fused in ([True, False] if rows <= 16 else [False]):
-                check_against(h.frame_linear(x.half(), layer, fused=fused), ref64, torch16, f"{name} M={rows}")
+            for path in (["fused", "kernels", "gemm"] if rows <= 16 else ["kernels", "gemm"]):
+                check_against(h.frame_linear(x.half(), layer, path=path), ref64, torch16, f"{name} M={rows} {path}")
+
+
+@pytest.mark.parametrize("rows", [5, 300])
+def test_frame_linear_fp32_activations(h, rows):
+    layer = random_layer(768, 3072, seed=11).to(DEV)
+    x = torch.randn(rows, 768, device=DEV)
+    ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
+    for path in (["fused", "kernels"] if rows <= 16 else ["kernels"]):
+        out = h.frame_linear(x, layer, path=path)
+        assert out.dtype == torch.float32
+        check_against(out, ref64, torch16, f"fp32 M={rows} {path}")
+
+
+def test_unknown_path_is_refused(h):
+    layer = random_layer(768, 768).to(DEV)
+    with pytest.raises(ValueError, match="unknown kernel path"):
+        h.KernelLinear(layer, path="fastest")

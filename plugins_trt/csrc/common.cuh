@@ -75,9 +75,134 @@ __device__ __forceinline__ uint32_t read_code(const uint32_t* row, int col, int 
     return static_cast<uint32_t>(wide >> shift) & ((1u << bits) - 1u);
 }
 
-// ---- block-level rotation on a fp32 vector in shared memory -------------------------------
+// ---- shared-memory row vectors and latency-batched global loads ---------------------------
 
-// Unnormalized Walsh-Hadamard transform along the power axis of x[i * odd + col], in passes
+// Rows held in shared memory (fp32) skip one float every 16: the radix-16 Walsh-Hadamard passes
+// then hit 32 distinct banks (a plain layout puts the 16 points of a coset 16 floats apart).
+__host__ __device__ __forceinline__ constexpr int sp(int i) { return i + (i >> 4); }
+// Floats of a padded row, rounded to 16 bytes so that what follows it in shared memory is aligned.
+__host__ __device__ __forceinline__ constexpr int padded_floats(int n) { return (n + (n >> 4) + 4) & ~3; }
+__host__ __device__ __forceinline__ constexpr int round4(int n) { return (n + 3) & ~3; }
+
+// Global loads issued kBatch at a time before any use: at few rows the kernels are latency-bound,
+// and a loop that waits on each load in turn costs one memory round trip per iteration.
+constexpr int kBatch = 8;
+
+template <bool Coherent, typename V> __device__ __forceinline__ V gload(const V* p) {
+    if constexpr (Coherent) return __ldcg(p);  // written earlier in the same launch: through L2
+    else return __ldg(p);
+}
+
+// dst[sp(i)] = (float) src[i] * (mul ? mul[i] : 1), i < n; no barrier.
+template <bool Coherent = false, typename T>
+__device__ inline void load_row(const T* src, int n, float* dst, const float* mul = nullptr) {
+    constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
+    if (n % V == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0) {
+        const int nv = n / V;
+        for (int base = threadIdx.x; base < nv; base += kBatch * blockDim.x) {
+            uint4 r[kBatch];
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+                const int i = base + b * blockDim.x;
+                if (i < nv) r[b] = gload<Coherent>(reinterpret_cast<const uint4*>(src) + i);
+            }
+            float m[kBatch][V];
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+                const int i = base + b * blockDim.x;
+#pragma unroll
+                for (int e = 0; e < V; ++e) m[b][e] = (mul && i < nv) ? __ldg(mul + i * V + e) : 1.f;
+            }
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+                const int i = base + b * blockDim.x;
+                if (i < nv) {
+                    const T* v = reinterpret_cast<const T*>(&r[b]);
+#pragma unroll
+                    for (int e = 0; e < V; ++e) dst[sp(i * V + e)] = to_float(v[e]) * m[b][e];
+                }
+            }
+        }
+    } else {
+        for (int base = threadIdx.x; base < n; base += kBatch * blockDim.x) {
+            float r[kBatch];
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+                const int i = base + b * blockDim.x;
+                r[b] = i < n ? to_float(gload<Coherent>(src + i)) * (mul ? __ldg(mul + i) : 1.f) : 0.f;
+            }
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+                const int i = base + b * blockDim.x;
+                if (i < n) dst[sp(i)] = r[b];
+            }
+        }
+    }
+}
+
+// dst[i] = src[sp(i)] * scale + (add ? add[i] : 0), i < n; no barrier.
+template <typename T>
+__device__ inline void store_row(T* dst, int n, const float* src, float scale = 1.f, const float* add = nullptr) {
+    constexpr int V = 16 / sizeof(T);
+    if (n % V == 0 && (reinterpret_cast<uintptr_t>(dst) & 15) == 0) {
+        const int nv = n / V;
+        for (int base = threadIdx.x; base < nv; base += kBatch * blockDim.x) {
+            float a[kBatch][V];
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+                const int i = base + b * blockDim.x;
+#pragma unroll
+                for (int e = 0; e < V; ++e) a[b][e] = (add && i < nv) ? __ldg(add + i * V + e) : 0.f;
+            }
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+                const int i = base + b * blockDim.x;
+                if (i < nv) {
+                    uint4 r;
+                    T* v = reinterpret_cast<T*>(&r);
+#pragma unroll
+                    for (int e = 0; e < V; ++e) v[e] = from_float<T>(src[sp(i * V + e)] * scale + a[b][e]);
+                    reinterpret_cast<uint4*>(dst)[i] = r;
+                }
+            }
+        }
+    } else {
+        for (int base = threadIdx.x; base < n; base += kBatch * blockDim.x) {
+            float a[kBatch];
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+                const int i = base + b * blockDim.x;
+                a[b] = (add && i < n) ? __ldg(add + i) : 0.f;
+            }
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+                const int i = base + b * blockDim.x;
+                if (i < n) dst[i] = from_float<T>(src[sp(i)] * scale + a[b]);
+            }
+        }
+    }
+}
+
+// x[sp(i)] *= mul[i] * scale, i < n; no barrier.
+__device__ inline void scale_row(float* x, int n, const float* mul, float scale) {
+    for (int base = threadIdx.x; base < n; base += kBatch * blockDim.x) {
+        float m[kBatch];
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+            const int i = base + b * blockDim.x;
+            m[b] = i < n ? __ldg(mul + i) * scale : 0.f;
+        }
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+            const int i = base + b * blockDim.x;
+            if (i < n) x[sp(i)] *= m[b];
+        }
+    }
+}
+
+// ---- block-level rotation on a fp32 vector in shared memory (padded with sp) ---------------
+
+// Unnormalized Walsh-Hadamard transform along the power axis of x[sp(i * odd + col)], in passes
 // of up to 4 bits held in registers (one barrier per pass).
 __device__ inline void block_fwht(float* x, int power, int odd) {
     const int log2n = __ffs(power) - 1;
@@ -93,7 +218,7 @@ __device__ inline void block_fwht(float* x, int power, int odd) {
             float v[16];
 #pragma unroll
             for (int e = 0; e < 16; ++e)
-                if (e < pts) v[e] = x[base + e * stride];
+                if (e < pts) v[e] = x[sp(base + e * stride)];
 #pragma unroll
             for (int h = 1; h < 16; h <<= 1) {
                 if (h < pts) {
@@ -109,94 +234,111 @@ __device__ inline void block_fwht(float* x, int power, int odd) {
             }
 #pragma unroll
             for (int e = 0; e < 16; ++e)
-                if (e < pts) x[base + e * stride] = v[e];
+                if (e < pts) x[sp(base + e * stride)] = v[e];
         }
         __syncthreads();
     }
 }
 
-// In-place R x (forward) or R^T x on a shared-memory vector; tmp holds dim floats when odd > 1.
-// Ends with a barrier.
-__device__ inline void block_rotate(const RotationParams& p, float* x, float* tmp, bool transpose) {
+// In-place R x (forward) or R^T x on a padded shared-memory vector; tmp holds dim floats when
+// odd > 1. `signed_input`: the forward rotation's diag(signs) was already applied (load_row's
+// `mul`). Starts and ends with a barrier.
+__device__ inline void block_rotate(const RotationParams& p, float* x, float* tmp, bool transpose,
+                                    bool signed_input = false) {
     const int dim = p.dim, odd = p.odd;
     const float norm = rsqrtf(static_cast<float>(p.power));
+    __syncthreads();
     if (!transpose) {
-        for (int i = threadIdx.x; i < dim; i += blockDim.x) x[i] *= p.signs[i];
-        __syncthreads();
+        if (!signed_input) {
+            scale_row(x, dim, p.signs, 1.f);
+            __syncthreads();
+        }
         block_fwht(x, p.power, odd);
         if (odd > 1) {
             // Y[i, l] = sum_n X[i, n] C[l, n]
             for (int e = threadIdx.x; e < dim; e += blockDim.x) {
                 const int i = e / odd, l = e % odd;
-                const float* row = x + i * odd;
                 const float* c = p.dct + l * odd;
                 float acc = 0.f;
-                for (int n = 0; n < odd; ++n) acc = fmaf(row[n], __ldg(c + n), acc);
+                for (int n = 0; n < odd; ++n) acc = fmaf(x[sp(i * odd + n)], __ldg(c + n), acc);
                 tmp[e] = acc;
             }
             __syncthreads();
-            for (int e = threadIdx.x; e < dim; e += blockDim.x) x[e] = tmp[e] * norm;
+            for (int e = threadIdx.x; e < dim; e += blockDim.x) x[sp(e)] = tmp[e] * norm;
         } else {
-            for (int e = threadIdx.x; e < dim; e += blockDim.x) x[e] *= norm;
+            for (int e = threadIdx.x; e < dim; e += blockDim.x) x[sp(e)] *= norm;
         }
     } else {
         if (odd > 1) {
             // X[i, n] = sum_l Y[i, l] C[l, n]
             for (int e = threadIdx.x; e < dim; e += blockDim.x) {
                 const int i = e / odd, n = e % odd;
-                const float* row = x + i * odd;
                 float acc = 0.f;
-                for (int l = 0; l < odd; ++l) acc = fmaf(row[l], __ldg(p.dct + l * odd + n), acc);
+                for (int l = 0; l < odd; ++l) acc = fmaf(x[sp(i * odd + l)], __ldg(p.dct + l * odd + n), acc);
                 tmp[e] = acc;
             }
             __syncthreads();
-            for (int e = threadIdx.x; e < dim; e += blockDim.x) x[e] = tmp[e];
+            for (int e = threadIdx.x; e < dim; e += blockDim.x) x[sp(e)] = tmp[e];
             __syncthreads();
         }
         block_fwht(x, p.power, odd);
-        for (int i = threadIdx.x; i < dim; i += blockDim.x) x[i] *= p.signs[i] * norm;
+        scale_row(x, dim, p.signs, norm);
     }
     __syncthreads();
 }
 
 // ---- frame analysis / synthesis with the per-block DFT on tensor cores ---------------------
 
-// Copy the kp x kp DFT table (or its transpose) into shared memory. Ends with a barrier.
+// Copy the kp x kp DFT table (or its transpose) into shared memory (16-byte loads, all issued
+// before the stores). Ends with a barrier.
 __device__ inline void load_dft(const __half* table, __half* smem, int kp) {
-    const uint32_t* src = reinterpret_cast<const uint32_t*>(table);
-    uint32_t* dst = reinterpret_cast<uint32_t*>(smem);
-    for (int i = threadIdx.x; i < kp * kp / 2; i += blockDim.x) dst[i] = __ldg(src + i);
+    const uint4* src = reinterpret_cast<const uint4*>(table);  // kp % 16 == 0: whole uint4s
+    uint4* dst = reinterpret_cast<uint4*>(smem);
+    const int n = kp * kp / 8;
+    for (int base = threadIdx.x; base < n; base += kBatch * blockDim.x) {
+        uint4 r[kBatch];
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b)
+            if (base + b * blockDim.x < n) r[b] = __ldg(src + base + b * blockDim.x);
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b)
+            if (base + b * blockDim.x < n) dst[base + b * blockDim.x] = r[b];
+    }
     __syncthreads();
 }
 
 constexpr int kMaxKSteps = 8;  // kp <= 128, i.e. k <= 64 (fq::kMaxFrameBlock)
 
-// Analysis of one vector u (fp32, length d, shared or global) into c (length K): each warp
-// takes 16 frame blocks at a time; bins are gathered into the A fragment, the DFT table
-// (shared memory, row-major M) is B, and block i's outputs are c[i * 2k + l].
+// Analysis of one vector u (fp32, padded shared row of length d) into c (length K, global):
+// each warp takes 16 frame blocks at a time; bins are gathered into the A fragment, the DFT
+// table (shared memory, row-major M) is B, and block i's outputs are c[i * 2k + l].
 template <typename OutT>
 __device__ inline void block_frame_analysis(const FrameParams& p, const float* u, OutT* c, const __half* dft) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int g = lane >> 2, q = lane & 3, ksteps = p.kp / 16, two_k = 2 * p.k;
     for (int run0 = warp * 16; run0 < p.rho_c; run0 += nwarps * 16) {
+        int gj[kMaxKSteps][4];
+        float gw[kMaxKSteps][4];
+#pragma unroll
+        for (int s = 0; s < kMaxKSteps; ++s) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int run = run0 + g + 8 * (r & 1);
+                const int t = 8 * s + q + 4 * (r >> 1);
+                const bool ok = s < ksteps && run < p.rho_c && t < p.k;
+                gj[s][r] = ok ? __ldg(p.gather_index + run * p.k + t) : -1;
+                gw[s][r] = ok ? __ldg(p.gather_weight + run * p.k + t) : 0.f;
+            }
+        }
         uint32_t a[kMaxKSteps][4];
 #pragma unroll
         for (int s = 0; s < kMaxKSteps; ++s) {
-            if (s < ksteps) {
 #pragma unroll
-                for (int r = 0; r < 4; ++r) {
-                    const int run = run0 + g + 8 * (r & 1);
-                    const int t = 8 * s + q + 4 * (r >> 1);
-                    float re = 0.f, im = 0.f;
-                    if (run < p.rho_c && t < p.k) {
-                        const int b = run * p.k + t;
-                        const int j = __ldg(p.gather_index + b);
-                        const float w = __ldg(p.gather_weight + b);
-                        re = u[2 * j] * w;
-                        im = u[2 * j + 1] * w;
-                    }
-                    a[s][r] = pack_half2(re, im);
-                }
+            for (int r = 0; r < 4; ++r) {
+                const int j = gj[s][r];
+                const float re = j >= 0 ? u[sp(2 * j)] * gw[s][r] : 0.f;
+                const float im = j >= 0 ? u[sp(2 * j) + 1] * gw[s][r] : 0.f;
+                a[s][r] = pack_half2(re, im);
             }
         }
         for (int nt = 0; nt < p.kp / 8; ++nt) {
@@ -228,30 +370,30 @@ __device__ inline void block_frame_analysis(const FrameParams& p, const float* u
 
 // Synthesis of one vector: runs = per-block inverse DFT of z (A = z, B = M^T from shared memory)
 // into `runs` (fp32 shared, K floats), barrier, then v_c[j] = sum_s w[s, j] runs[bin[s, j]] into
-// v (fp32, d floats, shared). `zload(i)` returns z[i] as float. Ends with a barrier.
+// v (fp32 padded shared row, d floats). `zload(i)` returns z[i] as float. Ends with a barrier.
 template <typename ZLoad>
 __device__ inline void block_frame_synthesis(const FrameParams& p, ZLoad zload, float* runs, float* v,
                                              const __half* dft_t) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int g = lane >> 2, q = lane & 3, ksteps = p.kp / 16, two_k = 2 * p.k;
     for (int run0 = warp * 16; run0 < p.rho_c; run0 += nwarps * 16) {
-        uint32_t a[kMaxKSteps][4];
+        float z[kMaxKSteps][4][2];
 #pragma unroll
         for (int s = 0; s < kMaxKSteps; ++s) {
-            if (s < ksteps) {
 #pragma unroll
-                for (int r = 0; r < 4; ++r) {
-                    const int run = run0 + g + 8 * (r & 1);
-                    const int l = 16 * s + 2 * q + 8 * (r >> 1);  // real index inside the block
-                    float z0 = 0.f, z1 = 0.f;
-                    if (run < p.rho_c && l < two_k) {
-                        z0 = zload(run * two_k + l);
-                        z1 = zload(run * two_k + l + 1);
-                    }
-                    a[s][r] = pack_half2(z0, z1);
-                }
+            for (int r = 0; r < 4; ++r) {
+                const int run = run0 + g + 8 * (r & 1);
+                const int l = 16 * s + 2 * q + 8 * (r >> 1);  // real index inside the block
+                const bool ok = s < ksteps && run < p.rho_c && l < two_k;
+                z[s][r][0] = ok ? zload(run * two_k + l) : 0.f;
+                z[s][r][1] = ok ? zload(run * two_k + l + 1) : 0.f;
             }
         }
+        uint32_t a[kMaxKSteps][4];
+#pragma unroll
+        for (int s = 0; s < kMaxKSteps; ++s)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) a[s][r] = pack_half2(z[s][r][0], z[s][r][1]);
         for (int nt = 0; nt < p.kp / 8; ++nt) {
             float acc[4] = {0.f, 0.f, 0.f, 0.f};
             const __half* brow = dft_t + (nt * 8 + g) * p.kp + 2 * q;
@@ -278,14 +420,38 @@ __device__ inline void block_frame_synthesis(const FrameParams& p, ZLoad zload, 
         }
     }
     __syncthreads();
-    for (int j = threadIdx.x; j < p.d_c; j += blockDim.x) {
-        const int b0 = __ldg(p.synth_bin + j), b1 = __ldg(p.synth_bin + p.d_c + j);
-        const float w0 = __ldg(p.synth_weight + j), w1 = __ldg(p.synth_weight + p.d_c + j);
-        v[2 * j] = w0 * runs[2 * b0] + w1 * runs[2 * b1];
-        v[2 * j + 1] = w0 * runs[2 * b0 + 1] + w1 * runs[2 * b1 + 1];
+    for (int base = threadIdx.x; base < p.d_c; base += kBatch * blockDim.x) {
+        int b0[kBatch], b1[kBatch];
+        float w0[kBatch], w1[kBatch];
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+            const int j = base + b * blockDim.x;
+            const bool ok = j < p.d_c;
+            b0[b] = ok ? __ldg(p.synth_bin + j) : 0;
+            b1[b] = ok ? __ldg(p.synth_bin + p.d_c + j) : 0;
+            w0[b] = ok ? __ldg(p.synth_weight + j) : 0.f;
+            w1[b] = ok ? __ldg(p.synth_weight + p.d_c + j) : 0.f;
+        }
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+            const int j = base + b * blockDim.x;
+            if (j < p.d_c) {
+                v[sp(2 * j)] = w0[b] * runs[2 * b0[b]] + w1[b] * runs[2 * b1[b]];
+                v[sp(2 * j) + 1] = w0[b] * runs[2 * b0[b] + 1] + w1[b] * runs[2 * b1[b] + 1];
+            }
+        }
     }
     __syncthreads();
 }
+
+// ---- asynchronous global -> shared copies (sm_80+) -----------------------------------------
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
+// Waits for every cp.async this thread issued (a barrier must follow before others read them).
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // ---- grid barrier for cooperative launches -------------------------------------------------
 

@@ -76,21 +76,47 @@ cudaError_t launch_frame(const FrameParams& p, const void* in, void* out, int64_
 cudaError_t launch_packed_matmul(const PackedMatMulParams& p, const void* x, void* z, int64_t rows, DType dtype,
                                  cudaStream_t stream);
 
-// Dense fp16 D_hat (out_features, in_features), for the dequantize-then-GEMM path and tests.
+// Dense fp16 D_hat (out_features, in_features), for the dequantize-then-GEMM path and tests;
+// the _ld form writes rows `ld` halves apart (ld >= in_features; columns beyond are left as is).
 cudaError_t launch_dequantize(const PackedMatMulParams& p, __half* out, cudaStream_t stream);
+cudaError_t launch_dequantize_ld(const PackedMatMulParams& p, __half* out, int64_t ld, cudaStream_t stream);
 
-// The fused single-launch layer for rows <= kFusedMaxRows (one cooperative launch: three phases
-// separated by grid barriers). `workspace` holds frame_linear_workspace_bytes(p, rows) bytes;
-// `barrier` is one uint32 that is zero before the first use and is left valid for the next.
+// The fused single-launch layer for rows <= kFusedMaxRows: one cooperative launch in three
+// phases separated by grid barriers (see frame_linear.cu). `workspace` holds
+// frame_linear_workspace_bytes(p, rows) bytes; `barrier` is one uint32 that is zero before the
+// first use and is left valid for the next.
 constexpr int kFusedMaxRows = 16;
 size_t frame_linear_workspace_bytes(const FrameLinearParams& p, int64_t rows);
 cudaError_t launch_frame_linear_fused(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
                                       DType dtype, void* workspace, unsigned int* barrier, cudaStream_t stream);
 
-// The five-launch layer (any row count): rotation, analysis, packed matmul, synthesis, rotation
-// (+bias). `workspace` holds frame_linear_workspace_bytes(p, rows) bytes.
+// The decode layer for rows <= kDecodeRows (launch_frame_linear_fused takes it for those rows):
+// one ordinary launch; each block computes the prologue itself, multiplies its slice of the codes
+// from shared memory, and the last block to finish runs the epilogue. `counter` is the fused
+// layer's `barrier` word (its low 31 bits are zero between launches). cudaErrorNotSupported
+// where the layer's tables and codes do not fit in shared memory.
+constexpr int kDecodeRows = 8;
+cudaError_t launch_frame_linear_decode(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
+                                       DType dtype, void* workspace, unsigned int* counter, cudaStream_t stream);
+
+// The layer in three launches (any row count): prologue c = T_in^T R_in^T x, packed matmul
+// z = D_hat c, epilogue y = R_out T_out z + bias. `workspace` as for the fused layer.
 cudaError_t launch_frame_linear_unfused(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
                                         DType dtype, void* workspace, cudaStream_t stream);
+
+// The prologue and epilogue launches on their own; c and z rows are ldc / ldz elements apart.
+cudaError_t launch_layer_prologue(const FrameLinearParams& p, const void* x, void* c, int64_t ldc, int64_t rows,
+                                  DType dtype, cudaStream_t stream);
+cudaError_t launch_layer_epilogue(const FrameLinearParams& p, const void* z, int64_t ldz, void* y, int64_t rows,
+                                  DType dtype, cudaStream_t stream);
+
+// Many rows, fp16 (gemm_cublas.cpp, links cuBLAS): prologue, D_hat decoded to fp16 in the
+// workspace, cuBLAS GEMM (fp32 accumulation) with rows padded to 64 elements, epilogue.
+// `cublas_handle` is a cublasHandle_t; its stream is set to `stream`.
+constexpr int kGemmAlign = 64;
+size_t frame_linear_gemm_workspace_bytes(const FrameLinearParams& p, int64_t rows);
+cudaError_t launch_frame_linear_gemm(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
+                                     void* workspace, void* cublas_handle, cudaStream_t stream);
 
 // out[i] = (half) in[i]: the plugin's fp32 scale/zero inputs (exact: they are fp16 values).
 cudaError_t launch_half_from_float(const float* in, __half* out, int n, cudaStream_t stream);

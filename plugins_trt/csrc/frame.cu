@@ -1,36 +1,55 @@
-// Frame analysis / synthesis kernels: one block per row; gathers in CUDA cores, the per-block
-// DFT of the tight fusion frame on tensor cores (fp16 operands, fp32 accumulation).
+// Frame analysis / synthesis kernels: rows in a grid-stride loop, one row at a time per block;
+// gathers in CUDA cores, the per-block DFT of the tight fusion frame on tensor cores (fp16
+// operands, fp32 accumulation). The DFT table is loaded into shared memory once per block.
+#include <algorithm>
+
 #include "common.cuh"
 
 namespace fq {
 namespace {
 
-constexpr int kFrameThreads = 128;
+constexpr int kFrameThreads = 256;
 
 template <typename T>
-__global__ void frame_analysis_kernel(FrameParams p, const T* __restrict__ in, T* out) {
+__global__ void __launch_bounds__(kFrameThreads) frame_analysis_kernel(FrameParams p, const T* __restrict__ in, T* out,
+                                                                        int64_t rows) {
     extern __shared__ float smem[];
     __half* dft = reinterpret_cast<__half*>(smem);
     float* u = smem + p.kp * p.kp / 2;
-    const int64_t row = blockIdx.x;
     const int d = p.d(), K = p.num_vectors();
-    for (int i = threadIdx.x; i < d; i += blockDim.x) u[i] = detail::to_float(in[row * d + i]);
-    detail::load_dft(p.dft, dft, p.kp);  // ends with the barrier that also publishes u
-    detail::block_frame_analysis<T>(p, u, out + row * K, dft);
+    detail::load_dft(p.dft, dft, p.kp);
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        __syncthreads();  // the previous row's analysis is done with u
+        detail::load_row(in + row * d, d, u);
+        __syncthreads();
+        detail::block_frame_analysis<T>(p, u, out + row * K, dft);
+    }
 }
 
 template <typename T>
-__global__ void frame_synthesis_kernel(FrameParams p, const T* __restrict__ in, T* out) {
+__global__ void __launch_bounds__(kFrameThreads) frame_synthesis_kernel(FrameParams p, const T* __restrict__ in,
+                                                                         T* out, int64_t rows) {
     extern __shared__ float smem[];
     __half* dft_t = reinterpret_cast<__half*>(smem);
     const int d = p.d(), K = p.num_vectors();
     float* runs = smem + p.kp * p.kp / 2;
     float* v = runs + K;
-    const int64_t row = blockIdx.x;
     detail::load_dft(p.dft_t, dft_t, p.kp);
-    const T* z = in + row * K;
-    detail::block_frame_synthesis(p, [&](int i) { return detail::to_float(z[i]); }, runs, v, dft_t);
-    for (int i = threadIdx.x; i < d; i += blockDim.x) out[row * d + i] = detail::from_float<T>(v[i]);
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        __syncthreads();  // the previous row's stores are done with v
+        const T* z = in + row * K;
+        detail::block_frame_synthesis(p, [z](int i) { return detail::to_float(__ldg(z + i)); }, runs, v, dft_t);
+        detail::store_row(out + row * d, d, v);
+    }
+}
+
+template <typename K> int grid_for(K kernel, size_t smem, int64_t rows) {
+    int device = 0, sms = 0, per_sm = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kFrameThreads, smem) != cudaSuccess || per_sm < 1)
+        per_sm = 1;
+    return static_cast<int>(std::min<int64_t>(rows, static_cast<int64_t>(per_sm) * sms));
 }
 
 template <typename T>
@@ -38,15 +57,19 @@ cudaError_t launch_typed(const FrameParams& p, const void* in, void* out, int64_
                          cudaStream_t stream) {
     const size_t table = sizeof(__half) * p.kp * p.kp;
     if (analysis) {
-        const size_t smem = table + sizeof(float) * p.d();
+        const size_t smem = table + sizeof(float) * detail::padded_floats(p.d());
         auto kernel = frame_analysis_kernel<T>;
-        if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        kernel<<<rows, kFrameThreads, smem, stream>>>(p, static_cast<const T*>(in), static_cast<T*>(out));
+        cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        if (err != cudaSuccess) return err;
+        kernel<<<grid_for(kernel, smem, rows), kFrameThreads, smem, stream>>>(p, static_cast<const T*>(in),
+                                                                               static_cast<T*>(out), rows);
     } else {
-        const size_t smem = table + sizeof(float) * (p.num_vectors() + p.d());
+        const size_t smem = table + sizeof(float) * (p.num_vectors() + detail::padded_floats(p.d()));
         auto kernel = frame_synthesis_kernel<T>;
-        if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        kernel<<<rows, kFrameThreads, smem, stream>>>(p, static_cast<const T*>(in), static_cast<T*>(out));
+        cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        if (err != cudaSuccess) return err;
+        kernel<<<grid_for(kernel, smem, rows), kFrameThreads, smem, stream>>>(p, static_cast<const T*>(in),
+                                                                               static_cast<T*>(out), rows);
     }
     return cudaGetLastError();
 }

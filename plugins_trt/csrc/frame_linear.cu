@@ -1,26 +1,171 @@
 // One FrameQuant layer y = R_out T_out D_hat T_in^T R_in^T x + bias.
 //
-// Fused path (rows <= kFusedMaxRows): one cooperative launch in three phases separated by grid
-// barriers. A: one block per token rotates (R_in^T) and analyses (T_in^T) the input in shared
-// memory and writes the fp16 frame coefficients c; B: all blocks run the packed tensor-core GEMV
-// over 16-row tiles of D_hat (8 warps split the columns) into fp32 z; C: one block per token runs
-// synthesis (T_out), rotation (R_out) and the bias. Unfused path: the five kernels one by one.
+// The layer is three steps: a prologue per row (R_in^T then the frame analysis T_in^T, in shared
+// memory), the packed matmul z = D_hat c, and an epilogue per row (frame synthesis T_out, R_out,
+// bias). The unfused path launches them one by one; the gemm path (gemm_cublas.cpp) swaps the
+// matmul for a dequantize + cuBLAS GEMM; the fused path runs all three in one cooperative launch:
+//
+//   phase 0  every block prefetches its share of the codes into L2;
+//   phase A  block t < rows runs the prologue of token t into c (fp16, workspace);
+//   -- grid barrier --
+//   phase B  split-K packed GEMV over all warps of the grid: warp items (16-row tile, chunk range
+//            s), each writes its scaled partial sums to z_s (fp32, workspace);
+//   -- grid barrier --
+//   phase C  block t < rows runs the epilogue of token t on z = sum_s z_s (a fixed order, so
+//            repeated launches give identical results).
+//
+// At a few rows every step is latency-bound, so the row functions issue their global loads in
+// batches (common.cuh) and phase B spreads the matmul over every SM.
 #include <algorithm>
+#include <cstdlib>
 
 #include "common.cuh"
 #include "packed_matmul.cuh"
 
 namespace fq {
-namespace detail {
-cudaError_t launch_rotation_bias(const RotationParams& p, const void* x, void* y, const float* bias, int64_t rows,
-                                 DType dtype, bool transpose, cudaStream_t stream);
-}
-
 namespace {
 
 using namespace detail;
 
-constexpr int kFusedWarps = 8;
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxSplits = 8;
+#ifndef FQ_FUSED_U
+#define FQ_FUSED_U 1  // chunks a phase-B warp loads before it multiplies (1 measured fastest)
+#endif  // split-K parts of the fused layer's matmul (workspace z_s)
+
+// ---- the per-row steps (one thread block per row) ----------------------------------------
+
+__host__ __device__ inline int imax(int a, int b) { return a > b ? a : b; }
+
+// Shared floats of the prologue: u (padded row), tmp (rotation with an odd factor), DFT table.
+__host__ __device__ inline int prologue_floats(const FrameLinearParams& p) {
+    const int d = p.in_dim();
+    const int tmp = (p.has_rotation_in && p.rotation_in.odd > 1) ? round4(d) : 0;
+    return padded_floats(imax(d, p.matmul.in_features)) + tmp + (p.has_frame_in ? p.frame_in.kp * p.frame_in.kp / 2 : 0);
+}
+// Shared floats of the epilogue: runs (frame synthesis, reused as rotation tmp), v, DFT^T table.
+__host__ __device__ inline int epilogue_floats(const FrameLinearParams& p) {
+    const int d = p.out_dim();
+    return round4(imax(p.matmul.out_features, d)) + padded_floats(d) +
+           (p.has_frame_out ? p.frame_out.kp * p.frame_out.kp / 2 : 0);
+}
+
+struct PrologueSmem {
+    float* u;
+    float* tmp;
+    __half* dft;
+    __device__ PrologueSmem(const FrameLinearParams& p, float* base) {
+        const int d = imax(p.in_dim(), p.matmul.in_features);
+        u = base;
+        tmp = u + padded_floats(d);
+        dft = reinterpret_cast<__half*>(tmp + ((p.has_rotation_in && p.rotation_in.odd > 1) ? round4(p.in_dim()) : 0));
+    }
+};
+
+struct EpilogueSmem {
+    float* runs;
+    float* v;
+    __half* dft_t;
+    __device__ EpilogueSmem(const FrameLinearParams& p, float* base) {
+        runs = base;
+        v = runs + round4(imax(p.matmul.out_features, p.out_dim()));
+        dft_t = reinterpret_cast<__half*>(v + padded_floats(p.out_dim()));
+    }
+};
+
+// c_row = T_in^T R_in^T x_row (CT: the type of c). The DFT table is already in s.dft.
+template <typename T, typename CT>
+__device__ void prologue_row(const FrameLinearParams& p, const T* x_row, CT* c_row, const PrologueSmem& s) {
+    __syncthreads();  // the previous row is done with s.u
+    load_row(x_row, p.in_dim(), s.u);
+    if (p.has_rotation_in) block_rotate(p.rotation_in, s.u, s.tmp, true);
+    else __syncthreads();
+    if (p.has_frame_in) block_frame_analysis<CT>(p.frame_in, s.u, c_row, s.dft);
+    else store_row(c_row, p.matmul.in_features, s.u);
+}
+
+// y_row = R_out T_out z + bias, z[i] = zload(i). The DFT^T table is already in s.dft_t.
+template <typename ZLoad, typename T>
+__device__ void epilogue_row(const FrameLinearParams& p, ZLoad zload, T* y_row, const EpilogueSmem& s) {
+    __syncthreads();  // the previous row is done with s.v and s.runs
+    const int d = p.out_dim();
+    if (p.has_frame_out) {
+        block_frame_synthesis(p.frame_out, zload, s.runs, s.v, s.dft_t);
+    } else {
+        for (int base = threadIdx.x; base < d; base += kBatch * blockDim.x) {
+            float r[kBatch];
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) r[b] = base + b * blockDim.x < d ? zload(base + b * blockDim.x) : 0.f;
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b)
+                if (base + b * blockDim.x < d) s.v[sp(base + b * blockDim.x)] = r[b];
+        }
+        __syncthreads();
+    }
+    if (p.has_rotation_out) block_rotate(p.rotation_out, s.v, s.runs, false);
+    store_row(y_row, d, s.v, 1.f, p.bias);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) prologue_kernel(FrameLinearParams p, const T* __restrict__ x, T* c,
+                                                             int64_t ldc, int64_t rows) {
+    extern __shared__ float smem[];
+    const PrologueSmem s(p, smem);
+    if (p.has_frame_in) load_dft(p.frame_in.dft, s.dft, p.frame_in.kp);
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x)
+        prologue_row(p, x + row * p.in_dim(), c + row * ldc, s);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) epilogue_kernel(FrameLinearParams p, const T* __restrict__ z, int64_t ldz,
+                                                             T* y, int64_t rows) {
+    extern __shared__ float smem[];
+    const EpilogueSmem s(p, smem);
+    if (p.has_frame_out) load_dft(p.frame_out.dft_t, s.dft_t, p.frame_out.kp);
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        const T* zr = z + row * ldz;
+        epilogue_row(p, [zr](int i) { return to_float(__ldg(zr + i)); }, y + row * p.out_dim(), s);
+    }
+}
+
+// Blocks for a grid-stride kernel: enough to fill the device, no more than rows.
+int row_grid(const void* kernel, size_t smem, int64_t rows) {
+    int device = 0, sms = 0, per_sm = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) != cudaSuccess || per_sm < 1)
+        per_sm = 1;
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, static_cast<int64_t>(per_sm) * sms)));
+}
+
+template <typename K> cudaError_t prepare(K kernel, size_t smem) {
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+}
+
+template <typename T>
+cudaError_t launch_prologue_typed(const FrameLinearParams& p, const T* x, T* c, int64_t ldc, int64_t rows,
+                                  cudaStream_t stream) {
+    const size_t smem = sizeof(float) * prologue_floats(p);
+    auto kernel = prologue_kernel<T>;
+    cudaError_t err = prepare(kernel, smem);
+    if (err != cudaSuccess) return err;
+    kernel<<<row_grid(reinterpret_cast<const void*>(kernel), smem, rows), kThreads, smem, stream>>>(p, x, c, ldc, rows);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_epilogue_typed(const FrameLinearParams& p, const T* z, int64_t ldz, T* y, int64_t rows,
+                                  cudaStream_t stream) {
+    const size_t smem = sizeof(float) * epilogue_floats(p);
+    auto kernel = epilogue_kernel<T>;
+    cudaError_t err = prepare(kernel, smem);
+    if (err != cudaSuccess) return err;
+    kernel<<<row_grid(reinterpret_cast<const void*>(kernel), smem, rows), kThreads, smem, stream>>>(p, z, ldz, y, rows);
+    return cudaGetLastError();
+}
+
+// ---- the fused layer -----------------------------------------------------------------------
 
 struct CoherentAct {  // frame coefficients written earlier in the same launch: read through L2
     const __half* c;
@@ -31,97 +176,94 @@ struct CoherentAct {  // frame coefficients written earlier in the same launch: 
     }
 };
 
-size_t phase_a_floats(const FrameLinearParams& p) {
-    const int d = p.in_dim();
-    return 2 * static_cast<size_t>(d) + (p.has_frame_in ? p.frame_in.kp * p.frame_in.kp / 2 : 0);
-}
-size_t phase_c_floats(const FrameLinearParams& p) {
-    const int d = p.out_dim();
-    return static_cast<size_t>(p.matmul.out_features) + 2 * static_cast<size_t>(d) +
-           (p.has_frame_out ? p.frame_out.kp * p.frame_out.kp / 2 : 0);
+__device__ __forceinline__ void prefetch_l2(const void* ptr) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
 }
 
 template <int BITS, int NT, typename T>
-__global__ void __launch_bounds__(kFusedWarps * 32)
+__global__ void __launch_bounds__(kThreads)
     fused_frame_linear_kernel(FrameLinearParams p, const T* __restrict__ x, T* y, int rows, __half* cbuf,
-                              float* zbuf, unsigned int* barrier) {
+                              float* zbuf, int splits, int per, unsigned int* barrier, int phases) {
     extern __shared__ float smem[];
-    const int d_in = p.in_dim(), d_out = p.out_dim();
+    const PrologueSmem sa(p, smem);
+    const EpilogueSmem sc(p, smem + round4(imax(prologue_floats(p), p.matmul.out_features)));
     const int K_in = p.matmul.in_features, K_out = p.matmul.out_features;
+    const int gtid = blockIdx.x * blockDim.x + threadIdx.x, gthreads = gridDim.x * blockDim.x;
 
-    // Phase A: c = T_in^T R_in^T x, one block per token.
-    for (int tok = blockIdx.x; tok < rows; tok += gridDim.x) {
-        float* u = smem;
-        float* tmp = u + d_in;
-        __half* dft = reinterpret_cast<__half*>(tmp + d_in);
-        for (int i = threadIdx.x; i < d_in; i += blockDim.x)
-            u[i] = to_float(x[static_cast<int64_t>(tok) * d_in + i]);
-        __syncthreads();
-        if (p.has_rotation_in) block_rotate(p.rotation_in, u, tmp, true);
-        __half* c = cbuf + static_cast<int64_t>(tok) * K_in;
-        if (p.has_frame_in) {
-            load_dft(p.frame_in.dft, dft, p.frame_in.kp);
-            block_frame_analysis<__half>(p.frame_in, u, c, dft);
-        } else {
-            for (int i = threadIdx.x; i < K_in; i += blockDim.x) c[i] = __float2half_rn(u[i]);
-        }
-        __syncthreads();
+    // Phase 0: codes towards L2 (the matmul needs them only after the barrier).
+    {
+        const char* codes = reinterpret_cast<const char*>(p.matmul.codes);
+        const int64_t bytes = static_cast<int64_t>(K_out) * p.matmul.words_per_row * 4;
+        for (int64_t off = static_cast<int64_t>(gtid) * 128; off < bytes; off += static_cast<int64_t>(gthreads) * 128)
+            prefetch_l2(codes + off);
     }
+
+    // Phase A: c = T_in^T R_in^T x, one block per token; the same blocks load the epilogue's table.
+    if (blockIdx.x < rows) {
+        if (p.has_frame_in) load_dft(p.frame_in.dft, sa.dft, p.frame_in.kp);
+        if (p.has_frame_out) load_dft(p.frame_out.dft_t, sc.dft_t, p.frame_out.kp);
+    }
+    if (phases & 1)
+        for (int tok = blockIdx.x; tok < rows; tok += gridDim.x)
+            prologue_row(p, x + static_cast<int64_t>(tok) * p.in_dim(), cbuf + static_cast<int64_t>(tok) * K_in, sa);
     grid_barrier(barrier);
 
-    // Phase B: z = D_hat c on tensor cores, 16 rows per block and tile.
-    {
+    // Phase B: z_s = scale * (codes - zero) c over chunk range s, (tile, s) items over all warps.
+    if (phases & 2) {
         using L = CodeLayout<BITS>;
-        float* red = smem;  // [kFusedWarps][NT * 128]
-        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        constexpr int U = FQ_FUSED_U;
+        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
         const int nchunks = (p.matmul.words_per_row + L::kChunkWords - 1) / L::kChunkWords;
-        const int per_warp = (nchunks + kFusedWarps - 1) / kFusedWarps;
-        const int c_begin = min(nchunks, warp * per_warp), c_end = min(nchunks, c_begin + per_warp);
-        const CoherentAct act{cbuf, rows, K_in};
         const int ntiles = (K_out + 15) / 16;
-        for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
-            const int row0 = tile * 16;
+        const int total_warps = gridDim.x * kWarps;
+        const CoherentAct act{cbuf, rows, K_in};
+        for (int item = blockIdx.x * kWarps + warp; item < ntiles * splits; item += total_warps) {
+            const int tile = item / splits, split = item % splits;
+            const int row0 = tile * 16, c0 = split * per, c1 = min(nchunks, c0 + per);
+            float* zs = zbuf + static_cast<int64_t>(split) * rows * K_out;
             float acc[NT][4], xs[NT];
-            warp_packed_tile<BITS, NT>(p.matmul, row0, act, 0, c_begin, c_end, acc, xs, -1);
+            warp_packed_tile<BITS, NT, U>(p.matmul, row0, act, 0, c0, c1, acc, xs, -1);
             apply_zero<NT>(p.matmul, row0, acc, xs);
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
+            for (int i = 0; i < 4; ++i) {
+                const int row = row0 + g + 8 * (i >> 1);
+                if (row >= K_out) continue;
+                const float scale = __half2float(p.matmul.scale[row]);
 #pragma unroll
-                for (int i = 0; i < 4; ++i) red[warp * NT * 128 + (nt * 4 + i) * 32 + lane] = acc[nt][i];
-            __syncthreads();
-            for (int e = threadIdx.x; e < NT * 128; e += blockDim.x) {
-                float sum = 0.f;
-#pragma unroll
-                for (int w = 0; w < kFusedWarps; ++w) sum += red[w * NT * 128 + e];
-                const int l = e & 31, i = (e >> 5) & 3, nt = e >> 7;
-                const int row = row0 + (l >> 2) + 8 * (i >> 1);
-                const int tok = nt * 8 + 2 * (l & 3) + (i & 1);
-                if (row < K_out && tok < rows)
-                    zbuf[static_cast<int64_t>(tok) * K_out + row] = __half2float(p.matmul.scale[row]) * sum;
+                for (int nt = 0; nt < NT; ++nt) {
+                    const int tok = nt * 8 + 2 * q + (i & 1);
+                    if (tok < rows) zs[static_cast<int64_t>(tok) * K_out + row] = scale * acc[nt][i];
+                }
             }
-            __syncthreads();
         }
     }
     grid_barrier(barrier);
 
     // Phase C: y = R_out T_out z + bias, one block per token.
-    for (int tok = blockIdx.x; tok < rows; tok += gridDim.x) {
-        float* runs = smem;
-        float* v = runs + K_out;
-        float* tmp = v + d_out;
-        __half* dft_t = reinterpret_cast<__half*>(tmp + d_out);
+    const int64_t split_stride = static_cast<int64_t>(rows) * K_out;
+    float* zsum = smem;  // the prologue's space, free after phase A
+    for (int tok = blockIdx.x; tok < rows && (phases & 4); tok += gridDim.x) {
         const float* z = zbuf + static_cast<int64_t>(tok) * K_out;
-        if (p.has_frame_out) {
-            load_dft(p.frame_out.dft_t, dft_t, p.frame_out.kp);
-            block_frame_synthesis(p.frame_out, [&](int i) { return __ldcg(z + i); }, runs, v, dft_t);
-        } else {
-            for (int i = threadIdx.x; i < d_out; i += blockDim.x) v[i] = __ldcg(z + i);
-            __syncthreads();
+        __syncthreads();  // the previous token's epilogue is done with zsum
+        for (int base = threadIdx.x; base < K_out; base += kBatch * blockDim.x) {
+            float part[kMaxSplits][kBatch];  // every load in flight at once
+#pragma unroll
+            for (int sp_ = 0; sp_ < kMaxSplits; ++sp_)
+#pragma unroll
+                for (int b = 0; b < kBatch; ++b) {
+                    const int i = base + b * blockDim.x;
+                    part[sp_][b] = (sp_ < splits && i < K_out) ? __ldcg(z + sp_ * split_stride + i) : 0.f;
+                }
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+                float v = 0.f;
+#pragma unroll
+                for (int sp_ = 0; sp_ < kMaxSplits; ++sp_) v += part[sp_][b];
+                if (base + b * blockDim.x < K_out) zsum[base + b * blockDim.x] = v;
+            }
         }
-        if (p.has_rotation_out) block_rotate(p.rotation_out, v, tmp, false);
-        for (int i = threadIdx.x; i < d_out; i += blockDim.x)
-            y[static_cast<int64_t>(tok) * d_out + i] = from_float<T>(v[i] + (p.bias ? p.bias[i] : 0.f));
         __syncthreads();
+        epilogue_row(p, [zsum](int i) { return zsum[i]; }, y + static_cast<int64_t>(tok) * p.out_dim(), sc);
     }
 }
 
@@ -129,25 +271,188 @@ template <int BITS, int NT, typename T>
 cudaError_t launch_fused(const FrameLinearParams& p, const T* x, T* y, int rows, void* workspace,
                          unsigned int* barrier, cudaStream_t stream) {
     auto kernel = fused_frame_linear_kernel<BITS, NT, T>;
-    const size_t floats = std::max({phase_a_floats(p), phase_c_floats(p), static_cast<size_t>(kFusedWarps * NT * 128)});
-    const size_t smem = floats * sizeof(float);
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    const size_t smem = sizeof(float) * (round4(std::max(prologue_floats(p), p.matmul.out_features)) + epilogue_floats(p));
+    cudaError_t err = prepare(kernel, smem);
     if (err != cudaSuccess) return err;
     int device = 0, sms = 0, per_sm = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kFusedWarps * 32, smem);
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
     if (err != cudaSuccess) return err;
     if (per_sm < 1) return cudaErrorInvalidConfiguration;
+    // Co-resident blocks only (grid barriers); two per SM at most, which keeps the barriers short.
+    const int grid = std::max(1, std::min(per_sm, 2) * sms);
+    // Phase B: split each tile's chunks so that the (tile, split) items cover all warps.
+    using L2 = CodeLayout<BITS>;
+    const int nchunks = (p.matmul.words_per_row + L2::kChunkWords - 1) / L2::kChunkWords;
     const int ntiles = (p.matmul.out_features + 15) / 16;
-    const int grid = std::max(1, std::min(ntiles, per_sm * sms));
+    const int want = std::max(1, std::min({nchunks, kMaxSplits, grid * kWarps / ntiles}));
+    int per = (nchunks + want - 1) / want;
+    int splits = (nchunks + per - 1) / per;
     __half* cbuf = static_cast<__half*>(workspace);
     const size_t c_bytes = (sizeof(__half) * rows * p.matmul.in_features + 255) / 256 * 256;
     float* zbuf = reinterpret_cast<float*>(static_cast<char*>(workspace) + c_bytes);
     FrameLinearParams params = p;
-    void* args[] = {&params, &x, &y, &rows, &cbuf, &zbuf, &barrier};
-    return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(grid), dim3(kFusedWarps * 32), args, smem,
-                                       stream);
+    // FQ_FUSED_PHASES (profiling only; benchmarks/kernel_steps.py): bit mask of the phases to
+    // run (1 prologue, 2 matmul, 4 epilogue), default all. Any other value gives wrong outputs.
+    static const int phase_mask = [] {
+        const char* env = std::getenv("FQ_FUSED_PHASES");
+        return env ? std::atoi(env) : 7;
+    }();
+    int phases = phase_mask;
+    void* args[] = {&params, &x, &y, &rows, &cbuf, &zbuf, &splits, &per, &barrier, &phases};
+    return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(grid), dim3(kThreads), args, smem, stream);
+}
+
+// ---- the decode layer: rows <= kDecodeRows, one launch without grid barriers ----------------
+//
+// Every block computes the (tiny) prologue of all tokens itself into shared memory while its
+// slice of the codes streams global -> shared with cp.async; its warps then multiply that slice
+// (split-K inside the block, a fixed summation order) and write z. The last block to finish
+// (an atomic counter) runs the epilogue. One launch, no grid-wide wait, no activation traffic.
+
+constexpr int kDecodeThreads = 512;
+constexpr int kDecodeWarps = kDecodeThreads / 32;
+
+struct SharedAct {  // c (fp16, rows x cols) in shared memory
+    const __half* c;
+    int rows, cols;
+    __device__ __forceinline__ uint32_t operator()(int tok, int k) const {
+        if (tok >= rows || k >= cols) return 0u;
+        return *reinterpret_cast<const uint32_t*>(c + tok * cols + k);
+    }
+};
+
+// Shared floats of the decode kernel with `tiles` 16-row tiles per block:
+// [codes | c | prologue or split-K partials], the epilogue reusing it all.
+__host__ __device__ inline int decode_code_floats(const FrameLinearParams& p, int tiles) {
+    return round4(tiles * 16 * p.matmul.words_per_row);
+}
+__host__ __device__ inline int decode_c_floats(const FrameLinearParams& p, int rows) {
+    return round4((rows * p.matmul.in_features + 1) / 2);
+}
+__host__ __device__ inline int decode_floats(const FrameLinearParams& p, int rows, int tiles) {
+    const int front = decode_code_floats(p, tiles) + decode_c_floats(p, rows) +
+                      imax(prologue_floats(p), kDecodeWarps * 128);
+    return imax(front, epilogue_floats(p));
+}
+
+template <int BITS, typename T>
+__global__ void __launch_bounds__(kDecodeThreads, 1)
+    decode_frame_linear_kernel(FrameLinearParams p, const T* __restrict__ x, T* y, int rows, float* zbuf,
+                               int tiles_per_block, unsigned int* counter) {
+    extern __shared__ __align__(16) float smem[];
+    __shared__ bool is_last;
+    using L = CodeLayout<BITS>;
+    const int K_in = p.matmul.in_features, K_out = p.matmul.out_features, wpr = p.matmul.words_per_row;
+    const int ntiles = (K_out + 15) / 16;
+    const int t0 = blockIdx.x * tiles_per_block, nt_b = min(ntiles, t0 + tiles_per_block) - t0;
+    const int row_begin = t0 * 16, row_end = min(K_out, (t0 + nt_b) * 16);
+    uint32_t* scodes = reinterpret_cast<uint32_t*>(smem);
+    __half* c = reinterpret_cast<__half*>(smem + decode_code_floats(p, tiles_per_block));
+    float* work = smem + decode_code_floats(p, tiles_per_block) + decode_c_floats(p, rows);
+
+    // 1. This block's codes (contiguous rows) towards shared memory, in flight during step 2.
+    {
+        const uint32_t* src = p.matmul.codes + static_cast<int64_t>(row_begin) * wpr;
+        const int n = (row_end - row_begin) * wpr, n16 = n / 4;  // 16-row tiles start 16-byte aligned
+        for (int i = threadIdx.x; i < n16; i += blockDim.x) cp_async16(scodes + 4 * i, src + 4 * i);
+        for (int i = 4 * n16 + threadIdx.x; i < n; i += blockDim.x) scodes[i] = __ldg(src + i);
+    }
+
+    // 2. c = T_in^T R_in^T x for every token (each block alike).
+    const PrologueSmem sa(p, work);
+    if (p.has_frame_in) load_dft(p.frame_in.dft, sa.dft, p.frame_in.kp);
+    for (int tok = 0; tok < rows; ++tok)
+        prologue_row(p, x + static_cast<int64_t>(tok) * p.in_dim(), c + tok * K_in, sa);
+    cp_async_wait_all();
+    __syncthreads();
+
+    // 3. Split-K over the block's warps: warp w takes tile w / S, chunk range w % S.
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int S = imax(1, kDecodeWarps / nt_b);
+    const int nchunks = (wpr + L::kChunkWords - 1) / L::kChunkWords, per = (nchunks + S - 1) / S;
+    const int lt = warp / S, split = warp % S;
+    float* red = work;  // the prologue's space is free now
+    if (lt < nt_b) {
+        float acc[1][4], xs[1];
+        const int row0 = (t0 + lt) * 16, c0 = min(nchunks, split * per), c1 = min(nchunks, c0 + per);
+        warp_packed_tile<BITS, 1, 1, true>(p.matmul, row0, SharedAct{c, rows, K_in}, 0, c0, c1, acc, xs, -1, scodes,
+                                           row_begin);
+        apply_zero<1>(p.matmul, row0, acc, xs);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) red[warp * 128 + i * 32 + lane] = acc[0][i];
+    }
+    __syncthreads();
+    // z[tok, row] = scale[row] * sum_s partial_s, in split order; D layout: row g + 8 (i >> 1),
+    // token 2 q + (i & 1), lane 4 g + q.
+    const int brows = nt_b * 16;
+    for (int e = threadIdx.x; e < rows * brows; e += blockDim.x) {
+        const int tok = e / brows, r = e % brows, row = row_begin + r;
+        if (row >= K_out) continue;
+        const int tile = r >> 4, rr = r & 15;
+        const int idx = ((rr >> 3) * 2 + (tok & 1)) * 32 + (rr & 7) * 4 + (tok >> 1);
+        float sum = 0.f;
+        for (int s_ = 0; s_ < S; ++s_) sum += red[(tile * S + s_) * 128 + idx];
+        zbuf[static_cast<int64_t>(tok) * K_out + row] = __half2float(p.matmul.scale[row]) * sum;
+    }
+
+    // 4. The last block to arrive runs the epilogue. The counter's low 31 bits count arrivals and
+    // return to zero; its top bit (the cooperative kernel's barrier phase) is left as it was.
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const unsigned int old = atomicAdd(counter, 1u);
+        is_last = ((old + 1u) & 0x7fffffffu) == gridDim.x;
+        if (is_last) {
+            atomicSub(counter, gridDim.x);
+            __threadfence();
+        }
+    }
+    __syncthreads();
+    if (!is_last) return;
+    const EpilogueSmem sc(p, smem);
+    if (p.has_frame_out) load_dft(p.frame_out.dft_t, sc.dft_t, p.frame_out.kp);
+    for (int tok = 0; tok < rows; ++tok) {
+        const float* z = zbuf + static_cast<int64_t>(tok) * K_out;
+        epilogue_row(p, [z](int i) { return __ldcg(z + i); }, y + static_cast<int64_t>(tok) * p.out_dim(), sc);
+    }
+}
+
+// cudaErrorNotSupported when the layer does not fit the decode kernel (shared memory).
+template <int BITS, typename T>
+cudaError_t launch_decode(const FrameLinearParams& p, const T* x, T* y, int rows, void* workspace,
+                          unsigned int* counter, cudaStream_t stream) {
+    auto kernel = decode_frame_linear_kernel<BITS, T>;
+    int device = 0, sms = 0, optin = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    cudaFuncAttributes attr{};
+    cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
+    if (err != cudaSuccess) return err;
+    const size_t limit = static_cast<size_t>(optin) - attr.sharedSizeBytes;
+    const int ntiles = (p.matmul.out_features + 15) / 16;
+    int tiles = (ntiles + sms - 1) / sms;  // one block per SM where shared memory allows
+    while (tiles > 0 && sizeof(float) * decode_floats(p, rows, tiles) > limit) --tiles;
+    if (tiles == 0) return cudaErrorNotSupported;
+    const size_t smem = sizeof(float) * decode_floats(p, rows, tiles);
+    err = prepare(kernel, smem);
+    if (err != cudaSuccess) return err;
+    const int grid = (ntiles + tiles - 1) / tiles;
+    kernel<<<grid, kDecodeThreads, smem, stream>>>(p, x, y, rows, static_cast<float*>(workspace), tiles, counter);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_decode_typed(const FrameLinearParams& p, const T* x, T* y, int rows, void* ws, unsigned int* bar,
+                                cudaStream_t stream) {
+    switch (p.matmul.bits) {
+        case 2: return launch_decode<2, T>(p, x, y, rows, ws, bar, stream);
+        case 4: return launch_decode<4, T>(p, x, y, rows, ws, bar, stream);
+        case 8: return launch_decode<8, T>(p, x, y, rows, ws, bar, stream);
+        default: return cudaErrorNotSupported;
+    }
 }
 
 template <typename T>
@@ -162,19 +467,14 @@ cudaError_t launch_fused_typed(const FrameLinearParams& p, const T* x, T* y, int
     }
 }
 
-template <typename T>
-__global__ void add_bias_kernel(T* y, const float* bias, int64_t rows, int cols) {
-    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i < rows * cols) y[i] = from_float<T>(to_float(y[i]) + bias[i % cols]);
-}
+size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 }  // namespace
 
 size_t frame_linear_workspace_bytes(const FrameLinearParams& p, int64_t rows) {
-    const size_t fused = (sizeof(__half) * rows * p.matmul.in_features + 255) / 256 * 256 +
-                         sizeof(float) * rows * p.matmul.out_features;
-    const size_t width = std::max({p.in_dim(), p.out_dim(), p.matmul.in_features, p.matmul.out_features});
-    const size_t unfused = 2 * ((sizeof(float) * rows * width + 255) / 256 * 256);
+    const size_t fused = align256(sizeof(__half) * rows * p.matmul.in_features) +
+                         sizeof(float) * kMaxSplits * rows * p.matmul.out_features;
+    const size_t unfused = align256(sizeof(float) * rows * p.matmul.in_features) + sizeof(float) * rows * p.matmul.out_features;
     return std::max(fused, unfused);
 }
 
@@ -182,6 +482,11 @@ cudaError_t launch_frame_linear_fused(const FrameLinearParams& p, const void* x,
                                       void* workspace, unsigned int* barrier, cudaStream_t stream) {
     if (rows == 0) return cudaSuccess;
     if (rows > kFusedMaxRows) return cudaErrorInvalidValue;
+    if (rows <= kDecodeRows) {
+        const cudaError_t err = launch_frame_linear_decode(p, x, y, rows, dtype, workspace, barrier, stream);
+        if (err != cudaErrorNotSupported) return err;
+        cudaGetLastError();  // not sticky; clear it
+    }
     if (dtype == DType::kFloat16)
         return launch_fused_typed<__half>(p, static_cast<const __half*>(x), static_cast<__half*>(y),
                                           static_cast<int>(rows), workspace, barrier, stream);
@@ -189,51 +494,45 @@ cudaError_t launch_frame_linear_fused(const FrameLinearParams& p, const void* x,
                                      workspace, barrier, stream);
 }
 
+cudaError_t launch_frame_linear_decode(const FrameLinearParams& p, const void* x, void* y, int64_t rows, DType dtype,
+                                       void* workspace, unsigned int* counter, cudaStream_t stream) {
+    if (rows == 0) return cudaSuccess;
+    if (rows > kDecodeRows) return cudaErrorInvalidValue;
+    if (dtype == DType::kFloat16)
+        return launch_decode_typed<__half>(p, static_cast<const __half*>(x), static_cast<__half*>(y),
+                                           static_cast<int>(rows), workspace, counter, stream);
+    return launch_decode_typed<float>(p, static_cast<const float*>(x), static_cast<float*>(y), static_cast<int>(rows),
+                                      workspace, counter, stream);
+}
+
+cudaError_t launch_layer_prologue(const FrameLinearParams& p, const void* x, void* c, int64_t ldc, int64_t rows,
+                                  DType dtype, cudaStream_t stream) {
+    if (rows == 0) return cudaSuccess;
+    if (ldc < p.matmul.in_features) return cudaErrorInvalidValue;
+    if (dtype == DType::kFloat16)
+        return launch_prologue_typed<__half>(p, static_cast<const __half*>(x), static_cast<__half*>(c), ldc, rows, stream);
+    return launch_prologue_typed<float>(p, static_cast<const float*>(x), static_cast<float*>(c), ldc, rows, stream);
+}
+
+cudaError_t launch_layer_epilogue(const FrameLinearParams& p, const void* z, int64_t ldz, void* y, int64_t rows,
+                                  DType dtype, cudaStream_t stream) {
+    if (rows == 0) return cudaSuccess;
+    if (ldz < p.matmul.out_features) return cudaErrorInvalidValue;
+    if (dtype == DType::kFloat16)
+        return launch_epilogue_typed<__half>(p, static_cast<const __half*>(z), ldz, static_cast<__half*>(y), rows, stream);
+    return launch_epilogue_typed<float>(p, static_cast<const float*>(z), ldz, static_cast<float*>(y), rows, stream);
+}
+
 cudaError_t launch_frame_linear_unfused(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
                                         DType dtype, void* workspace, cudaStream_t stream) {
     if (rows == 0) return cudaSuccess;
     const size_t elem = dtype == DType::kFloat16 ? 2 : 4;
-    const size_t width = std::max({p.in_dim(), p.out_dim(), p.matmul.in_features, p.matmul.out_features});
-    char* buf_a = static_cast<char*>(workspace);
-    char* buf_b = buf_a + (sizeof(float) * rows * width + 255) / 256 * 256;
-    (void)elem;
-    cudaError_t err = cudaSuccess;
-    const void* cur = x;
-    if (p.has_rotation_in) {
-        err = launch_rotation(p.rotation_in, cur, buf_a, rows, dtype, true, stream);
-        cur = buf_a;
-    }
-    if (err == cudaSuccess && p.has_frame_in) {
-        void* out = cur == buf_a ? buf_b : buf_a;
-        err = launch_frame(p.frame_in, cur, out, rows, dtype, true, stream);
-        cur = out;
-    }
-    if (err == cudaSuccess) {
-        void* out = cur == buf_a ? buf_b : buf_a;
-        err = launch_packed_matmul(p.matmul, cur, out, rows, dtype, stream);
-        cur = out;
-    }
-    if (err == cudaSuccess && p.has_frame_out) {
-        void* out = (!p.has_rotation_out) ? y : (cur == buf_a ? buf_b : buf_a);
-        err = launch_frame(p.frame_out, cur, out, rows, dtype, false, stream);
-        cur = out;
-    }
-    if (err != cudaSuccess) return err;
-    if (p.has_rotation_out) return detail::launch_rotation_bias(p.rotation_out, cur, y, p.bias, rows, dtype, false, stream);
-    if (cur != y) {
-        err = cudaMemcpyAsync(y, cur, elem * rows * p.out_dim(), cudaMemcpyDeviceToDevice, stream);
-        if (err != cudaSuccess) return err;
-    }
-    if (p.bias) {
-        const int64_t n = rows * p.out_dim();
-        const int blocks = static_cast<int>((n + 255) / 256);
-        if (dtype == DType::kFloat16)
-            add_bias_kernel<__half><<<blocks, 256, 0, stream>>>(static_cast<__half*>(y), p.bias, rows, p.out_dim());
-        else
-            add_bias_kernel<float><<<blocks, 256, 0, stream>>>(static_cast<float*>(y), p.bias, rows, p.out_dim());
-        return cudaGetLastError();
-    }
-    return cudaSuccess;
+    char* c = static_cast<char*>(workspace);
+    char* z = c + align256(elem * rows * p.matmul.in_features);
+    cudaError_t err = launch_layer_prologue(p, x, c, p.matmul.in_features, rows, dtype, stream);
+    if (err == cudaSuccess) err = launch_packed_matmul(p.matmul, c, z, rows, dtype, stream);
+    if (err == cudaSuccess) err = launch_layer_epilogue(p, z, p.matmul.out_features, y, rows, dtype, stream);
+    return err;
 }
 
 }  // namespace fq

@@ -42,8 +42,8 @@ __global__ void __launch_bounds__(kSmallWarps * 32) packed_small_kernel(PackedMa
     const int per_warp = (nchunks + kSmallWarps - 1) / kSmallWarps;
     const int c_begin = min(nchunks, warp * per_warp), c_end = min(nchunks, c_begin + per_warp);
     float acc[NT][4], xs[NT];
-    detail::warp_packed_tile<BITS, NT>(p, row0, GlobalAct<T>{x, rows, p.in_features}, 0, c_begin, c_end, acc, xs,
-                                       -1);
+    detail::warp_packed_tile<BITS, NT, 1>(p, row0, GlobalAct<T>{x, rows, p.in_features}, 0, c_begin,
+                                                         c_end, acc, xs, -1);
     detail::apply_zero<NT>(p, row0, acc, xs);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -168,13 +168,40 @@ __global__ void packed_scalar_kernel(PackedMatMulParams p, const T* x, T* z, int
     z[static_cast<int64_t>(tok) * p.out_features + row] = detail::from_float<T>(out);
 }
 
-__global__ void dequantize_kernel(PackedMatMulParams p, __half* out) {
+__global__ void dequantize_kernel(PackedMatMulParams p, __half* out, int64_t ld) {
     const int row = blockIdx.y;
     const uint32_t* codes = p.codes + static_cast<int64_t>(row) * p.words_per_row;
     const float scale = __half2float(p.scale[row]), zero = __half2float(p.zero[row]);
     for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < p.in_features; k += gridDim.x * blockDim.x)
-        out[static_cast<int64_t>(row) * p.in_features + k] =
+        out[static_cast<int64_t>(row) * ld + k] =
             __float2half_rn(scale * (static_cast<float>(detail::read_code(codes, k, p.bits)) - zero));
+}
+
+// bits 2, 4, 8: one thread per code word (32 / BITS consecutive codes), vector stores.
+template <int BITS>
+__global__ void dequantize_words_kernel(PackedMatMulParams p, __half* out, int64_t ld) {
+    constexpr int kCodes = 32 / BITS;
+    const int row = blockIdx.y;
+    const int w = blockIdx.x * blockDim.x + threadIdx.x;
+    const int col0 = w * kCodes;
+    if (w >= p.words_per_row || col0 >= p.in_features) return;
+    const uint32_t word = __ldg(p.codes + static_cast<int64_t>(row) * p.words_per_row + w);
+    const float scale = __half2float(p.scale[row]), zero = __half2float(p.zero[row]);
+    __align__(16) __half v[kCodes];
+#pragma unroll
+    for (int j = 0; j < kCodes; ++j)
+        v[j] = __float2half_rn(scale * (static_cast<float>((word >> (BITS * j)) & ((1u << BITS) - 1u)) - zero));
+    __half* dst = out + static_cast<int64_t>(row) * ld + col0;
+    if (col0 + kCodes <= p.in_features && (reinterpret_cast<uintptr_t>(dst) & (2 * kCodes - 1)) == 0) {
+        if constexpr (kCodes >= 8) {
+#pragma unroll
+            for (int j = 0; j < kCodes / 8; ++j) reinterpret_cast<uint4*>(dst)[j] = reinterpret_cast<const uint4*>(v)[j];
+        } else {
+            *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(v);
+        }
+    } else {
+        for (int j = 0; j < kCodes && col0 + j < p.in_features; ++j) dst[j] = v[j];
+    }
 }
 
 template <int BITS, typename T>
@@ -220,8 +247,20 @@ cudaError_t launch_packed_matmul(const PackedMatMulParams& p, const void* x, voi
 }
 
 cudaError_t launch_dequantize(const PackedMatMulParams& p, __half* out, cudaStream_t stream) {
-    const dim3 grid((p.in_features + 255) / 256, p.out_features);
-    dequantize_kernel<<<grid, 256, 0, stream>>>(p, out);
+    return launch_dequantize_ld(p, out, p.in_features, stream);
+}
+
+cudaError_t launch_dequantize_ld(const PackedMatMulParams& p, __half* out, int64_t ld, cudaStream_t stream) {
+    if (ld < p.in_features || p.out_features > 65535) return cudaErrorInvalidValue;
+    if (p.bits == 2 || p.bits == 4 || p.bits == 8) {
+        const dim3 grid((p.words_per_row + 127) / 128, p.out_features);
+        if (p.bits == 2) dequantize_words_kernel<2><<<grid, 128, 0, stream>>>(p, out, ld);
+        if (p.bits == 4) dequantize_words_kernel<4><<<grid, 128, 0, stream>>>(p, out, ld);
+        if (p.bits == 8) dequantize_words_kernel<8><<<grid, 128, 0, stream>>>(p, out, ld);
+    } else {
+        const dim3 grid((p.in_features + 255) / 256, p.out_features);
+        dequantize_kernel<<<grid, 256, 0, stream>>>(p, out, ld);
+    }
     return cudaGetLastError();
 }
 

@@ -1,56 +1,57 @@
-// Randomized Hadamard rotation kernel: one block per row, the row held in shared memory (fp32).
+// Randomized Hadamard rotation kernel: rows in a grid-stride loop, one row at a time per block,
+// held in shared memory (fp32, padded against bank conflicts); loads and stores in 16-byte batches.
+#include <algorithm>
+
 #include "common.cuh"
 
 namespace fq {
 namespace {
 
+constexpr int kRotationThreads = 256;
+
 template <typename T>
-__global__ void rotation_kernel(RotationParams p, const T* __restrict__ x, T* y, const float* bias,
-                                bool transpose) {
+__global__ void __launch_bounds__(kRotationThreads)
+    rotation_kernel(RotationParams p, const T* __restrict__ x, T* y, int64_t rows, bool transpose) {
     extern __shared__ float smem[];
     float* v = smem;
-    float* tmp = smem + p.dim;
-    const int64_t row = blockIdx.x;
-    const T* xr = x + row * p.dim;
-    for (int i = threadIdx.x; i < p.dim; i += blockDim.x) v[i] = detail::to_float(xr[i]);
-    __syncthreads();
-    detail::block_rotate(p, v, tmp, transpose);
-    T* yr = y + row * p.dim;
-    for (int i = threadIdx.x; i < p.dim; i += blockDim.x)
-        yr[i] = detail::from_float<T>(v[i] + (bias ? bias[i] : 0.f));
+    float* tmp = smem + detail::padded_floats(p.dim);
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        __syncthreads();  // the previous row's stores are done with v
+        // The forward rotation starts with diag(signs): applied while loading.
+        detail::load_row(x + row * p.dim, p.dim, v, transpose ? nullptr : p.signs);
+        detail::block_rotate(p, v, tmp, transpose, !transpose);
+        detail::store_row(y + row * p.dim, p.dim, v);
+    }
+}
+
+template <typename T>
+cudaError_t launch_typed(const RotationParams& p, const void* x, void* y, int64_t rows, bool transpose,
+                         cudaStream_t stream) {
+    const size_t smem = rotation_smem_bytes(p);
+    auto kernel = rotation_kernel<T>;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+    int device = 0, sms = 0, per_sm = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRotationThreads, smem) != cudaSuccess || per_sm < 1)
+        per_sm = 1;
+    const int grid = static_cast<int>(std::min<int64_t>(rows, static_cast<int64_t>(per_sm) * sms));
+    kernel<<<grid, kRotationThreads, smem, stream>>>(p, static_cast<const T*>(x), static_cast<T*>(y), rows, transpose);
+    return cudaGetLastError();
 }
 
 }  // namespace
 
 size_t rotation_smem_bytes(const RotationParams& p) {
-    return sizeof(float) * static_cast<size_t>(p.dim) * (p.odd > 1 ? 2 : 1);
+    return sizeof(float) * (static_cast<size_t>(detail::padded_floats(p.dim)) + (p.odd > 1 ? p.dim : 0));
 }
-
-namespace detail {
-// y = R x + bias (or R^T x + bias); used by the unfused layer for its last step.
-cudaError_t launch_rotation_bias(const RotationParams& p, const void* x, void* y, const float* bias, int64_t rows,
-                                 DType dtype, bool transpose, cudaStream_t stream) {
-    if (rows == 0) return cudaSuccess;
-    const size_t smem = rotation_smem_bytes(p);
-    const int threads = p.dim >= 4096 ? 512 : 256;
-    if (dtype == DType::kFloat16) {
-        auto kernel = rotation_kernel<__half>;
-        if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        kernel<<<rows, threads, smem, stream>>>(p, static_cast<const __half*>(x), static_cast<__half*>(y), bias,
-                                                transpose);
-    } else {
-        auto kernel = rotation_kernel<float>;
-        if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-        kernel<<<rows, threads, smem, stream>>>(p, static_cast<const float*>(x), static_cast<float*>(y), bias,
-                                                transpose);
-    }
-    return cudaGetLastError();
-}
-}  // namespace detail
 
 cudaError_t launch_rotation(const RotationParams& p, const void* x, void* y, int64_t rows, DType dtype,
                             bool transpose, cudaStream_t stream) {
-    return detail::launch_rotation_bias(p, x, y, nullptr, rows, dtype, transpose, stream);
+    if (rows == 0) return cudaSuccess;
+    return dtype == DType::kFloat16 ? launch_typed<__half>(p, x, y, rows, transpose, stream)
+                                    : launch_typed<float>(p, x, y, rows, transpose, stream);
 }
 
 }  // namespace fq

@@ -2,6 +2,7 @@
 // build); tensors in, tensors out, parameters into the kernels' structs. Used by
 // plugins_trt/harness.py for tests and benchmarks only.
 #include <torch/extension.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <stdexcept>
@@ -135,7 +136,9 @@ fq::FrameLinearParams layer_params(const std::vector<torch::Tensor>& t, const st
     return p;
 }
 
-torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, bool fused,
+// path: 1 fused single launch (rows <= kFusedMaxRows), 2 three launches (prologue, packed matmul,
+// epilogue), 3 prologue + dequantize + cuBLAS + epilogue (fp16 only).
+torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, int64_t path,
                            torch::Tensor barrier) {
     require_cuda(x, "x");
     auto p = layer_params(tables, ints);
@@ -144,17 +147,28 @@ torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, s
     auto shape = x.sizes().vec();
     shape.back() = p.out_dim();
     auto y = torch::empty(shape, x.options());
-    auto ws = torch::empty({static_cast<int64_t>(fq::frame_linear_workspace_bytes(p, rows))},
-                           x.options().dtype(torch::kUInt8));
     auto stream = c10::cuda::getCurrentCUDAStream();
-    if (fused) {
+    auto workspace = [&](size_t bytes) {
+        return torch::empty({static_cast<int64_t>(bytes)}, x.options().dtype(torch::kUInt8));
+    };
+    if (path == 1) {
         TORCH_CHECK(rows <= fq::kFusedMaxRows, "the fused layer takes at most ", fq::kFusedMaxRows, " rows");
+        auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
         check(fq::launch_frame_linear_fused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
                                             reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>()), stream),
               "frame_linear_fused");
-    } else {
+    } else if (path == 2) {
+        auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
         check(fq::launch_frame_linear_unfused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(), stream),
               "frame_linear_unfused");
+    } else if (path == 3) {
+        TORCH_CHECK(x.scalar_type() == torch::kHalf, "the cuBLAS path takes float16 activations");
+        auto ws = workspace(fq::frame_linear_gemm_workspace_bytes(p, rows));
+        check(fq::launch_frame_linear_gemm(p, x.data_ptr(), y.data_ptr(), rows, ws.data_ptr(),
+                                           at::cuda::getCurrentCUDABlasHandle(), stream),
+              "frame_linear_gemm");
+    } else {
+        TORCH_CHECK(false, "unknown layer path ", path);
     }
     return y;
 }
