@@ -1,7 +1,8 @@
 """Per-layer timings of the plugins_trt kernels against cuBLAS fp16 (run on a GPU).
 
 For each shape (in_features x out_features) and row count M, the layer's kernel paths:
-``fused`` (one cooperative launch, M <= 16), ``kernels`` (three launches: prologue, packed
+``fused`` (one launch, M <= 16: the decode kernel at M = 1, else the cooperative kernel, whose
+time is also shown on its own as ``coop``), ``kernels`` (three launches: prologue, packed
 matmul, epilogue), ``gemm`` (prologue, D_hat decoded to fp16, cuBLAS, epilogue; M >= 197), and
 cuBLAS fp16 on the dense weight (``torch.matmul``). At M = 1 also the bytes the fused layer must
 move and the fraction of the measured device-to-device copy bandwidth that this amounts to
@@ -121,7 +122,7 @@ def copies_for(nbytes: int, l2_bytes: int, cap: int = 256) -> int:
 
 def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy, l2_bytes):
     layer = harness.random_frame_layer(in_f, out_f, bits=bits, redundancy=redundancy, seed=in_f * 7 + out_f).cuda()
-    kls = {path: harness.KernelLinear(layer, path=path) for path in ("fused", "kernels", "gemm")}
+    kls = {path: harness.KernelLinear(layer, path=path) for path in ("fused", "kernels", "gemm", "cooperative")}
     weight = torch.randn(out_f, in_f, device="cuda", dtype=torch.float16) / in_f**0.5
     k_out, k_in = layer.frame_shape
     cold = None
@@ -133,6 +134,7 @@ def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy, l2_bytes):
         row["kernels_us"], row["kernels_timing"] = time_fn(kls["kernels"], inputs)
         if rows <= 16:
             row["fused_us"], row["fused_timing"] = time_fn(kls["fused"], inputs)
+            row["coop_us"], _ = time_fn(kls["cooperative"], inputs)
             if cold is None:  # weight copies for the cold-L2 timings
                 n_dense = copies_for(weight.numel() * 2, l2_bytes)
                 n_codes = copies_for(layer.packed_codes.numel() * 4, l2_bytes)
@@ -145,7 +147,8 @@ def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy, l2_bytes):
             row["fused_cold_us"], _ = time_fn(lambda x, kl: kl(x), inputs, calls=len(fused_kls), weights=fused_kls)
         if rows >= 197:
             row["gemm_us"], row["gemm_timing"] = time_fn(kls["gemm"], inputs)
-        best = min(row.get("fused_us", float("inf")), row["kernels_us"], row.get("gemm_us", float("inf")))
+        best = min(row.get("fused_us", float("inf")), row.get("coop_us", float("inf")), row["kernels_us"],
+                   row.get("gemm_us", float("inf")))
         row["best_us"] = best
         row["speedup_vs_cublas"] = row["cublas_fp16_us"] / best
         if "fused_cold_us" in row:
@@ -165,7 +168,8 @@ def _format(r) -> str:
     f = lambda key: f"{r[key]:8.1f}" if key in r else "       -"  # noqa: E731
     roof = f"{r['fused_roofline_pct']:5.1f}%" if "fused_roofline_pct" in r else "     -"
     cold = f"x{r['cold_speedup_vs_cublas']:5.2f}" if "cold_speedup_vs_cublas" in r else "     -"
-    return (f"{r['in_features']:>5}x{r['out_features']:<5} M={r['M']:<6} fused {f('fused_us')} kernels {f('kernels_us')}"
+    return (f"{r['in_features']:>5}x{r['out_features']:<5} M={r['M']:<6} fused {f('fused_us')} coop {f('coop_us')}"
+            f" kernels {f('kernels_us')}"
             f" gemm {f('gemm_us')} cuBLAS {f('cublas_fp16_us')} best x{r['speedup_vs_cublas']:5.2f} | cold: fused "
             f"{f('fused_cold_us')} cuBLAS {f('cublas_cold_us')} {cold} roofline {roof}")
 
@@ -176,6 +180,8 @@ def main(argv=None):
     parser.add_argument("--bits", type=int, default=2)
     parser.add_argument("--redundancy", type=float, default=1.1)
     parser.add_argument("--quick", action="store_true", help="only 4096x4096 at M = 1 and 197 x 64")
+    parser.add_argument("--shapes", help="comma-separated INxOUT shapes instead of the ViT-B and Llama-7B ones")
+    parser.add_argument("--rows", help="comma-separated row counts instead of 1,16,1576,12608")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
@@ -188,6 +194,10 @@ def main(argv=None):
           f"(read + write); bits={args.bits} redundancy={args.redundancy} (both sides)", flush=True)
     shapes = [(4096, 4096)] if args.quick else VIT_SHAPES + LLAMA_SHAPES
     rows_list = [1, 197 * 64] if args.quick else ROWS
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.rows:
+        rows_list = [int(v) for v in args.rows.split(",")]
     results = []
     for in_f, out_f in shapes:
         results += bench_shape(in_f, out_f, rows_list, bandwidth, args.bits, args.redundancy, l2_bytes)

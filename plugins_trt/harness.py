@@ -40,14 +40,16 @@ def load_extension(verbose: bool = False):
     if "TORCH_CUDA_ARCH_LIST" not in os.environ:
         major, minor = torch.cuda.get_device_capability()
         os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+    # FQ_TRACE=1: a profiling build whose kernels record %globaltimer stamps (ext.read_trace()).
+    trace = ["-DFQ_TRACE"] if os.environ.get("FQ_TRACE") == "1" else []
     return load(
-        name="fq_plugins_ext",
+        name="fq_plugins_ext_trace" if trace else "fq_plugins_ext",
         sources=[str(ROOT / "torch_ext" / "binding.cpp"), str(CSRC / "recipe.cpp"), str(CSRC / "gemm_cublas.cpp"),
                  *KERNEL_SOURCES],
         extra_include_paths=[str(CSRC)],
-        extra_cflags=["-O3"],
+        extra_cflags=["-O3", *trace],
         extra_ldflags=["-lcublas"],
-        extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
+        extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo", *trace],
         verbose=verbose,
     )
 
@@ -144,16 +146,22 @@ def dequantize(packed_codes, scale, zero, bits: int, in_features: int, out_featu
 
 # ---- a whole FrameQuant layer -------------------------------------------------------------
 
-PATHS = {"fused": 1, "kernels": 2, "gemm": 3}
+PATHS = {"fused": 1, "kernels": 2, "gemm": 3, "decode": 4, "cooperative": 5}
 GEMM_MIN_ROWS = 64
+# The automatic choice (H100 timings of benchmarks/kernels.py): the single-launch layer for one
+# token (the decode kernel), the three launches from 2 rows (faster there than either single-launch
+# kernel), the cuBLAS path from GEMM_MIN_ROWS fp16 rows.
+FUSED_AUTO_ROWS = 1
 
 
 class KernelLinear(nn.Module):
     """A ``FrameQuantLinear`` run by the kernels.
 
-    ``path``: ``"fused"`` (one cooperative launch, at most ``fused_max_rows`` rows), ``"kernels"``
+    ``path``: ``"fused"`` (one launch, at most ``fused_max_rows`` rows: the ``"decode"`` kernel
+    for one row where the layer fits it, else the ``"cooperative"`` kernel; both can also be asked
+    for by name, decode up to ``decode_max_rows`` rows), ``"kernels"``
     (three launches: prologue, packed matmul, epilogue), ``"gemm"`` (prologue, D_hat decoded to
-    fp16, cuBLAS, epilogue; fp16 only) or ``None``: fused up to ``fused_max_rows`` rows, gemm from
+    fp16, cuBLAS, epilogue; fp16 only) or ``None``: fused up to ``FUSED_AUTO_ROWS`` rows, gemm from
     ``GEMM_MIN_ROWS`` fp16 rows, kernels otherwise. ``fused=True/False`` is shorthand for
     ``path="fused"/"kernels"``.
 
@@ -206,7 +214,7 @@ class KernelLinear(nn.Module):
         dtype = x.dtype if x.dtype in (torch.float16, torch.float32) else torch.float16
         path = self.path
         if path is None:
-            if rows <= ext.fused_max_rows:
+            if rows <= FUSED_AUTO_ROWS:
                 path = "fused"
             else:
                 path = "gemm" if dtype == torch.float16 and rows >= GEMM_MIN_ROWS else "kernels"

@@ -154,24 +154,46 @@ def layer_forward(layer, x, dtype):
     return y
 
 
+def layer_paths(rows, gemm=True):
+    """Every layer path that takes ``rows`` rows."""
+    return (["kernels"] + (["gemm"] if gemm else []) + (["fused", "cooperative"] if rows <= 16 else [])
+            + (["decode"] if rows <= 8 else []))
+
+
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 11008), (11008, 4096), (768, 3072)])
-@pytest.mark.parametrize("rows", [1, 3, 16, 197 * 2])
+@pytest.mark.parametrize("rows", [1, 3, 8, 16, 197 * 2])
 def test_frame_linear_random_layers(h, shape, rows):
     in_f, out_f = shape
     layer = random_layer(in_f, out_f, seed=in_f + out_f).to(DEV)
     x = torch.randn(rows, in_f, device=DEV)
     ref64 = layer_forward(layer, x, torch.float64)
     torch16 = layer_forward(layer, x, torch.float16)
-    paths = ["kernels", "gemm"] + (["fused"] if rows <= 16 else [])
-    for path in paths:
-        out = h.frame_linear(x.half(), layer, path=path)
+    for path in layer_paths(rows):
+        try:
+            out = h.frame_linear(x.half(), layer, path=path)
+        except RuntimeError as err:
+            # The decode kernel holds every token's frame coefficients in shared memory; only
+            # layers where they cannot fit may refuse it (the fused path then takes the other kernel).
+            k_in = layer.frame_shape[1]
+            assert path == "decode" and "not supported" in str(err) and rows * k_in * 2 > 100_000, str(err)
+            continue
         check_against(out, ref64, torch16, f"layer {shape} M={rows} path={path}")
-    # Repeated fused launches reuse the barrier counter: results must not change.
-    if rows <= 16:
-        kl = h.KernelLinear(layer, fused=True)
-        first = kl(x.half())
+    # Repeated single-launch layers share one counter (the decode kernel's arrivals, the
+    # cooperative kernel's barrier): interleaved, results must not change.
+    if rows <= 8 and rows * layer.frame_shape[1] * 2 <= 100_000:
+        decode, coop = h.KernelLinear(layer, path="decode"), h.KernelLinear(layer, path="cooperative")
+        coop._barrier = decode._barrier = torch.zeros(1, dtype=torch.int32, device=DEV)
+        first_d, first_c = decode(x.half()), coop(x.half())
         for _ in range(3):
-            assert torch.equal(kl(x.half()), first)
+            assert torch.equal(decode(x.half()), first_d)
+            assert torch.equal(coop(x.half()), first_c)
+        assert int(decode._barrier.item()) & 0x7FFFFFFF == 0
+
+
+def test_decode_path_refuses_too_many_rows(h):
+    layer = random_layer(768, 768).to(DEV)
+    with pytest.raises(ValueError, match="at most 8 rows, got 9"):
+        h.frame_linear(torch.randn(9, 768, device=DEV).half(), layer, path="decode")
 
 
 @pytest.mark.parametrize("rotate,frames", [(True, False), (False, True), (False, False)])
@@ -179,7 +201,7 @@ def test_frame_linear_partial_sides(h, rotate, frames):
     layer = random_layer(768, 768, rotate=rotate, frames=frames).to(DEV)
     x = torch.randn(4, 768, device=DEV)
     ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
-    for path in ("fused", "kernels", "gemm"):
+    for path in layer_paths(4):
         check_against(h.frame_linear(x.half(), layer, path=path), ref64, torch16, f"partial path={path}")
 
 
@@ -197,7 +219,7 @@ def test_frame_linear_real_minilm_layers(h):
         for rows in (1, 16, 128):
             x = torch.randn(rows, layer.in_features, device=DEV)
             ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
-            for path in (["fused", "kernels", "gemm"] if rows <= 16 else ["kernels", "gemm"]):
+            for path in layer_paths(rows):
                 check_against(h.frame_linear(x.half(), layer, path=path), ref64, torch16, f"{name} M={rows} {path}")
 
 
@@ -206,7 +228,7 @@ def test_frame_linear_fp32_activations(h, rows):
     layer = random_layer(768, 3072, seed=11).to(DEV)
     x = torch.randn(rows, 768, device=DEV)
     ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
-    for path in (["fused", "kernels"] if rows <= 16 else ["kernels"]):
+    for path in layer_paths(rows, gemm=False):
         out = h.frame_linear(x, layer, path=path)
         assert out.dtype == torch.float32
         check_against(out, ref64, torch16, f"fp32 M={rows} {path}")

@@ -75,6 +75,25 @@ __device__ __forceinline__ uint32_t read_code(const uint32_t* row, int col, int 
     return static_cast<uint32_t>(wide >> shift) & ((1u << bits) - 1u);
 }
 
+// ---- profiling builds (-DFQ_TRACE): %globaltimer stamps of thread 0, read with read_trace() --
+
+#ifdef FQ_TRACE
+static __device__ unsigned long long g_trace[64];  // one per translation unit
+// Slots < 32: block 0 only; slots >= 32: any block (the decode kernel's last block).
+#define FQ_STAMP(slot)                                                                      \
+    do {                                                                                    \
+        if (threadIdx.x == 0 && ((slot) >= 32 || blockIdx.x == 0)) {                        \
+            unsigned long long t_;                                                          \
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));                          \
+            ::fq::detail::g_trace[(slot)] = t_;                                             \
+        }                                                                                   \
+    } while (0)
+#else
+#define FQ_STAMP(slot) \
+    do {               \
+    } while (0)
+#endif
+
 // ---- shared-memory row vectors and latency-batched global loads ---------------------------
 
 // Rows held in shared memory (fp32) skip one float every 16: the radix-16 Walsh-Hadamard passes
@@ -92,6 +111,10 @@ template <bool Coherent, typename V> __device__ __forceinline__ V gload(const V*
     if constexpr (Coherent) return __ldcg(p);  // written earlier in the same launch: through L2
     else return __ldg(p);
 }
+
+// Table reads (signs, DCT, frame gathers, bias): plain loads, so that a table may sit in global
+// memory or in a shared-memory copy (the decode kernel stages its tables).
+template <typename V> __device__ __forceinline__ V tload(const V* p) { return *p; }
 
 // dst[sp(i)] = (float) src[i] * (mul ? mul[i] : 1), i < n; no barrier.
 template <bool Coherent = false, typename T>
@@ -111,7 +134,7 @@ __device__ inline void load_row(const T* src, int n, float* dst, const float* mu
             for (int b = 0; b < kBatch; ++b) {
                 const int i = base + b * blockDim.x;
 #pragma unroll
-                for (int e = 0; e < V; ++e) m[b][e] = (mul && i < nv) ? __ldg(mul + i * V + e) : 1.f;
+                for (int e = 0; e < V; ++e) m[b][e] = (mul && i < nv) ? tload(mul + i * V + e) : 1.f;
             }
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
@@ -129,7 +152,7 @@ __device__ inline void load_row(const T* src, int n, float* dst, const float* mu
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
                 const int i = base + b * blockDim.x;
-                r[b] = i < n ? to_float(gload<Coherent>(src + i)) * (mul ? __ldg(mul + i) : 1.f) : 0.f;
+                r[b] = i < n ? to_float(gload<Coherent>(src + i)) * (mul ? tload(mul + i) : 1.f) : 0.f;
             }
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
@@ -152,7 +175,7 @@ __device__ inline void store_row(T* dst, int n, const float* src, float scale = 
             for (int b = 0; b < kBatch; ++b) {
                 const int i = base + b * blockDim.x;
 #pragma unroll
-                for (int e = 0; e < V; ++e) a[b][e] = (add && i < nv) ? __ldg(add + i * V + e) : 0.f;
+                for (int e = 0; e < V; ++e) a[b][e] = (add && i < nv) ? tload(add + i * V + e) : 0.f;
             }
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
@@ -172,7 +195,7 @@ __device__ inline void store_row(T* dst, int n, const float* src, float scale = 
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
                 const int i = base + b * blockDim.x;
-                a[b] = (add && i < n) ? __ldg(add + i) : 0.f;
+                a[b] = (add && i < n) ? tload(add + i) : 0.f;
             }
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
@@ -190,7 +213,7 @@ __device__ inline void scale_row(float* x, int n, const float* mul, float scale)
 #pragma unroll
         for (int b = 0; b < kBatch; ++b) {
             const int i = base + b * blockDim.x;
-            m[b] = i < n ? __ldg(mul + i) * scale : 0.f;
+            m[b] = i < n ? tload(mul + i) * scale : 0.f;
         }
 #pragma unroll
         for (int b = 0; b < kBatch; ++b) {
@@ -260,7 +283,8 @@ __device__ inline void block_rotate(const RotationParams& p, float* x, float* tm
                 const int i = e / odd, l = e % odd;
                 const float* c = p.dct + l * odd;
                 float acc = 0.f;
-                for (int n = 0; n < odd; ++n) acc = fmaf(x[sp(i * odd + n)], __ldg(c + n), acc);
+#pragma unroll 8  // loads of 8 terms in flight at once (odd is 43 for 11008)
+                for (int n = 0; n < odd; ++n) acc = fmaf(x[sp(i * odd + n)], tload(c + n), acc);
                 tmp[e] = acc;
             }
             __syncthreads();
@@ -274,7 +298,8 @@ __device__ inline void block_rotate(const RotationParams& p, float* x, float* tm
             for (int e = threadIdx.x; e < dim; e += blockDim.x) {
                 const int i = e / odd, n = e % odd;
                 float acc = 0.f;
-                for (int l = 0; l < odd; ++l) acc = fmaf(x[sp(i * odd + l)], __ldg(p.dct + l * odd + n), acc);
+#pragma unroll 8
+                for (int l = 0; l < odd; ++l) acc = fmaf(x[sp(i * odd + l)], tload(p.dct + l * odd + n), acc);
                 tmp[e] = acc;
             }
             __syncthreads();
@@ -326,8 +351,8 @@ __device__ inline void block_frame_analysis(const FrameParams& p, const float* u
                 const int run = run0 + g + 8 * (r & 1);
                 const int t = 8 * s + q + 4 * (r >> 1);
                 const bool ok = s < ksteps && run < p.rho_c && t < p.k;
-                gj[s][r] = ok ? __ldg(p.gather_index + run * p.k + t) : -1;
-                gw[s][r] = ok ? __ldg(p.gather_weight + run * p.k + t) : 0.f;
+                gj[s][r] = ok ? tload(p.gather_index + run * p.k + t) : -1;
+                gw[s][r] = ok ? tload(p.gather_weight + run * p.k + t) : 0.f;
             }
         }
         uint32_t a[kMaxKSteps][4];
@@ -341,6 +366,7 @@ __device__ inline void block_frame_analysis(const FrameParams& p, const float* u
                 a[s][r] = pack_half2(re, im);
             }
         }
+#pragma unroll 2
         for (int nt = 0; nt < p.kp / 8; ++nt) {
             float acc[4] = {0.f, 0.f, 0.f, 0.f};
             const __half* brow = dft + (nt * 8 + g) * p.kp + 2 * q;
@@ -394,6 +420,7 @@ __device__ inline void block_frame_synthesis(const FrameParams& p, ZLoad zload, 
         for (int s = 0; s < kMaxKSteps; ++s)
 #pragma unroll
             for (int r = 0; r < 4; ++r) a[s][r] = pack_half2(z[s][r][0], z[s][r][1]);
+#pragma unroll 2
         for (int nt = 0; nt < p.kp / 8; ++nt) {
             float acc[4] = {0.f, 0.f, 0.f, 0.f};
             const __half* brow = dft_t + (nt * 8 + g) * p.kp + 2 * q;
@@ -427,10 +454,10 @@ __device__ inline void block_frame_synthesis(const FrameParams& p, ZLoad zload, 
         for (int b = 0; b < kBatch; ++b) {
             const int j = base + b * blockDim.x;
             const bool ok = j < p.d_c;
-            b0[b] = ok ? __ldg(p.synth_bin + j) : 0;
-            b1[b] = ok ? __ldg(p.synth_bin + p.d_c + j) : 0;
-            w0[b] = ok ? __ldg(p.synth_weight + j) : 0.f;
-            w1[b] = ok ? __ldg(p.synth_weight + p.d_c + j) : 0.f;
+            b0[b] = ok ? tload(p.synth_bin + j) : 0;
+            b1[b] = ok ? tload(p.synth_bin + p.d_c + j) : 0;
+            w0[b] = ok ? tload(p.synth_weight + j) : 0.f;
+            w1[b] = ok ? tload(p.synth_weight + p.d_c + j) : 0.f;
         }
 #pragma unroll
         for (int b = 0; b < kBatch; ++b) {

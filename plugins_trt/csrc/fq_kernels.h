@@ -81,14 +81,17 @@ cudaError_t launch_packed_matmul(const PackedMatMulParams& p, const void* x, voi
 cudaError_t launch_dequantize(const PackedMatMulParams& p, __half* out, cudaStream_t stream);
 cudaError_t launch_dequantize_ld(const PackedMatMulParams& p, __half* out, int64_t ld, cudaStream_t stream);
 
-// The fused single-launch layer for rows <= kFusedMaxRows: one cooperative launch in three
-// phases separated by grid barriers (see frame_linear.cu). `workspace` holds
-// frame_linear_workspace_bytes(p, rows) bytes; `barrier` is one uint32 that is zero before the
-// first use and is left valid for the next.
+// The fused single-launch layer for rows <= kFusedMaxRows: the decode kernel below up to
+// kDecodeAutoRows rows where it fits, else one cooperative launch in three phases separated by grid
+// barriers (see frame_linear.cu). `workspace` holds frame_linear_workspace_bytes(p, rows) bytes;
+// `barrier` is one uint32 that is zero before the first use and is left valid for the next.
 constexpr int kFusedMaxRows = 16;
 size_t frame_linear_workspace_bytes(const FrameLinearParams& p, int64_t rows);
 cudaError_t launch_frame_linear_fused(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
                                       DType dtype, void* workspace, unsigned int* barrier, cudaStream_t stream);
+cudaError_t launch_frame_linear_cooperative(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
+                                            DType dtype, void* workspace, unsigned int* barrier,
+                                            cudaStream_t stream);
 
 // The decode layer for rows <= kDecodeRows (launch_frame_linear_fused takes it for those rows):
 // one ordinary launch; each block computes the prologue itself, multiplies its slice of the codes
@@ -96,6 +99,9 @@ cudaError_t launch_frame_linear_fused(const FrameLinearParams& p, const void* x,
 // layer's `barrier` word (its low 31 bits are zero between launches). cudaErrorNotSupported
 // where the layer's tables and codes do not fit in shared memory.
 constexpr int kDecodeRows = 8;
+// launch_frame_linear_fused takes the decode kernel up to this many rows (H100: at M = 2 the
+// per-block prologue already costs more than the cooperative kernel's grid barriers on 768x768).
+constexpr int kDecodeAutoRows = 1;
 cudaError_t launch_frame_linear_decode(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
                                        DType dtype, void* workspace, unsigned int* counter, cudaStream_t stream);
 
@@ -120,6 +126,11 @@ cudaError_t launch_frame_linear_gemm(const FrameLinearParams& p, const void* x, 
 
 // out[i] = (half) in[i]: the plugin's fp32 scale/zero inputs (exact: they are fp16 values).
 cudaError_t launch_half_from_float(const float* in, __half* out, int n, cudaStream_t stream);
+
+#ifdef FQ_TRACE
+// Profiling builds: the %globaltimer stamps (ns) of frame_linear.cu's kernels (FQ_STAMP slots).
+cudaError_t read_trace(unsigned long long* host, int n);
+#endif
 
 // Shared memory each kernel needs (bytes), for callers that check device limits.
 size_t rotation_smem_bytes(const RotationParams& p);

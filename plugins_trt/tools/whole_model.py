@@ -10,7 +10,8 @@ config and tokenized held-out sentences). ViT-B/16: timm random weights (seeded)
 GPU with FrameQuant from the offline photos; numerics only. For each model the reference is the
 same quantized model run by ``FrameQuantLinear`` (PyTorch, fp32); the kernel path replaces every
 quantized layer by ``harness.KernelLinear`` (fp16 activations into the kernels, fp32 accumulation)
-in both its dispatch modes (fused for <= 16 rows, five launches otherwise).
+with its automatic path choice (``KernelLinear``: one launch for one row, three launches, or the
+cuBLAS path from 64 fp16 rows).
 """
 from __future__ import annotations
 

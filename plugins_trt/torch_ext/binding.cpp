@@ -136,8 +136,9 @@ fq::FrameLinearParams layer_params(const std::vector<torch::Tensor>& t, const st
     return p;
 }
 
-// path: 1 fused single launch (rows <= kFusedMaxRows), 2 three launches (prologue, packed matmul,
-// epilogue), 3 prologue + dequantize + cuBLAS + epilogue (fp16 only).
+// path: 1 fused single launch (rows <= kFusedMaxRows: decode where it fits, else cooperative),
+// 2 three launches (prologue, packed matmul, epilogue), 3 prologue + dequantize + cuBLAS +
+// epilogue (fp16 only), 4 the decode kernel (rows <= kDecodeRows), 5 the cooperative kernel.
 torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, int64_t path,
                            torch::Tensor barrier) {
     require_cuda(x, "x");
@@ -157,6 +158,18 @@ torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, s
         check(fq::launch_frame_linear_fused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
                                             reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>()), stream),
               "frame_linear_fused");
+    } else if (path == 4 || path == 5) {
+        const int64_t most = path == 4 ? fq::kDecodeRows : fq::kFusedMaxRows;
+        if (rows > most)
+            throw std::invalid_argument("this layer path takes at most " + std::to_string(most) + " rows, got " +
+                                        std::to_string(rows));
+        auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
+        auto* bar = reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>());
+        check(path == 4 ? fq::launch_frame_linear_decode(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
+                                                         bar, stream)
+                        : fq::launch_frame_linear_cooperative(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x),
+                                                              ws.data_ptr(), bar, stream),
+              path == 4 ? "frame_linear_decode" : "frame_linear_cooperative");
     } else if (path == 2) {
         auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
         check(fq::launch_frame_linear_unfused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(), stream),
@@ -195,7 +208,18 @@ std::vector<torch::Tensor> rotation_tables(int64_t dim, int64_t seed) {
 
 }  // namespace
 
+#ifdef FQ_TRACE
+torch::Tensor read_trace() {
+    auto out = torch::zeros({64}, torch::TensorOptions().dtype(torch::kInt64));
+    check(fq::read_trace(reinterpret_cast<unsigned long long*>(out.data_ptr<int64_t>()), 64), "read_trace");
+    return out;
+}
+#endif
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+#ifdef FQ_TRACE
+    m.def("read_trace", &read_trace);
+#endif
     m.def("rotation", &rotation);
     m.def("frame", &frame);
     m.def("packed_matmul", &packed_matmul);
@@ -204,4 +228,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("frame_tables", &frame_tables);
     m.def("rotation_tables", &rotation_tables);
     m.attr("fused_max_rows") = fq::kFusedMaxRows;
+    m.attr("decode_max_rows") = fq::kDecodeRows;
 }
