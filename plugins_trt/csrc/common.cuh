@@ -484,6 +484,24 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 // Waits for every cp.async this thread issued (a barrier must follow before others read them).
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
+// ---- host side: launch configuration -------------------------------------------------------
+
+// Allows `smem` bytes of dynamic shared memory for `kernel`.
+template <typename K> cudaError_t allow_smem(K kernel, size_t smem) {
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+}
+
+// Blocks for a grid-stride row kernel: as many as are resident on the device at once, at most rows.
+template <typename K> int row_grid(K kernel, int threads, size_t smem, int64_t rows) {
+    int device = 0, sms = 0, per_sm = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem) != cudaSuccess || per_sm < 1)
+        per_sm = 1;
+    const int64_t resident = static_cast<int64_t>(per_sm) * sms;
+    return static_cast<int>(rows < 1 ? 1 : (rows < resident ? rows : resident));
+}
+
 // ---- grid barrier for cooperative launches -------------------------------------------------
 
 // All blocks of the grid wait here. The counter starts at 0 (or 0x80000000) and each crossing

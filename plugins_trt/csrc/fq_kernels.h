@@ -97,7 +97,8 @@ cudaError_t launch_frame_linear_cooperative(const FrameLinearParams& p, const vo
 // one ordinary launch; each block computes the prologue itself, multiplies its slice of the codes
 // from shared memory, and the last block to finish runs the epilogue. `counter` is the fused
 // layer's `barrier` word (its low 31 bits are zero between launches). cudaErrorNotSupported
-// where the layer's tables and codes do not fit in shared memory.
+// where a block's slice of the codes, every token's coefficients and the row buffers do not fit
+// in shared memory.
 constexpr int kDecodeRows = 8;
 // launch_frame_linear_fused takes the decode kernel up to this many rows (H100: at M = 2 the
 // per-block prologue already costs more than the cooperative kernel's grid barriers on 768x768).

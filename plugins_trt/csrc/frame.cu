@@ -1,8 +1,6 @@
 // Frame analysis / synthesis kernels: rows in a grid-stride loop, one row at a time per block;
 // gathers in CUDA cores, the per-block DFT of the tight fusion frame on tensor cores (fp16
 // operands, fp32 accumulation). The DFT table is loaded into shared memory once per block.
-#include <algorithm>
-
 #include "common.cuh"
 
 namespace fq {
@@ -43,15 +41,6 @@ __global__ void __launch_bounds__(kFrameThreads) frame_synthesis_kernel(FramePar
     }
 }
 
-template <typename K> int grid_for(K kernel, size_t smem, int64_t rows) {
-    int device = 0, sms = 0, per_sm = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kFrameThreads, smem) != cudaSuccess || per_sm < 1)
-        per_sm = 1;
-    return static_cast<int>(std::min<int64_t>(rows, static_cast<int64_t>(per_sm) * sms));
-}
-
 template <typename T>
 cudaError_t launch_typed(const FrameParams& p, const void* in, void* out, int64_t rows, bool analysis,
                          cudaStream_t stream) {
@@ -59,17 +48,17 @@ cudaError_t launch_typed(const FrameParams& p, const void* in, void* out, int64_
     if (analysis) {
         const size_t smem = table + sizeof(float) * detail::padded_floats(p.d());
         auto kernel = frame_analysis_kernel<T>;
-        cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        const cudaError_t err = detail::allow_smem(kernel, smem);
         if (err != cudaSuccess) return err;
-        kernel<<<grid_for(kernel, smem, rows), kFrameThreads, smem, stream>>>(p, static_cast<const T*>(in),
-                                                                               static_cast<T*>(out), rows);
+        const int grid = detail::row_grid(kernel, kFrameThreads, smem, rows);
+        kernel<<<grid, kFrameThreads, smem, stream>>>(p, static_cast<const T*>(in), static_cast<T*>(out), rows);
     } else {
         const size_t smem = table + sizeof(float) * (p.num_vectors() + detail::padded_floats(p.d()));
         auto kernel = frame_synthesis_kernel<T>;
-        cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        const cudaError_t err = detail::allow_smem(kernel, smem);
         if (err != cudaSuccess) return err;
-        kernel<<<grid_for(kernel, smem, rows), kFrameThreads, smem, stream>>>(p, static_cast<const T*>(in),
-                                                                               static_cast<T*>(out), rows);
+        const int grid = detail::row_grid(kernel, kFrameThreads, smem, rows);
+        kernel<<<grid, kFrameThreads, smem, stream>>>(p, static_cast<const T*>(in), static_cast<T*>(out), rows);
     }
     return cudaGetLastError();
 }

@@ -17,7 +17,6 @@
 // At a few rows every step is latency-bound, so the row functions issue their global loads in
 // batches (common.cuh) and phase B spreads the matmul over every SM.
 #include <algorithm>
-#include <cstdlib>
 
 #include "common.cuh"
 #include "packed_matmul.cuh"
@@ -29,10 +28,7 @@ using namespace detail;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxSplits = 8;
-#ifndef FQ_FUSED_U
-#define FQ_FUSED_U 1  // chunks a phase-B warp loads before it multiplies (1 measured fastest)
-#endif  // split-K parts of the fused layer's matmul (workspace z_s)
+constexpr int kMaxSplits = 8;  // split-K parts of the fused layer's matmul (workspace z_s)
 
 // ---- the per-row steps (one thread block per row) ----------------------------------------
 
@@ -135,28 +131,14 @@ __global__ void __launch_bounds__(kThreads) epilogue_kernel(FrameLinearParams p,
     }
 }
 
-// Blocks for a grid-stride kernel: enough to fill the device, no more than rows.
-int row_grid(const void* kernel, size_t smem, int64_t rows) {
-    int device = 0, sms = 0, per_sm = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) != cudaSuccess || per_sm < 1)
-        per_sm = 1;
-    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, static_cast<int64_t>(per_sm) * sms)));
-}
-
-template <typename K> cudaError_t prepare(K kernel, size_t smem) {
-    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-}
-
 template <typename T>
 cudaError_t launch_prologue_typed(const FrameLinearParams& p, const T* x, T* c, int64_t ldc, int64_t rows,
                                   cudaStream_t stream) {
     const size_t smem = sizeof(float) * prologue_floats(p);
     auto kernel = prologue_kernel<T>;
-    cudaError_t err = prepare(kernel, smem);
+    cudaError_t err = allow_smem(kernel, smem);
     if (err != cudaSuccess) return err;
-    kernel<<<row_grid(reinterpret_cast<const void*>(kernel), smem, rows), kThreads, smem, stream>>>(p, x, c, ldc, rows);
+    kernel<<<row_grid(kernel, kThreads, smem, rows), kThreads, smem, stream>>>(p, x, c, ldc, rows);
     return cudaGetLastError();
 }
 
@@ -165,9 +147,9 @@ cudaError_t launch_epilogue_typed(const FrameLinearParams& p, const T* z, int64_
                                   cudaStream_t stream) {
     const size_t smem = sizeof(float) * epilogue_floats(p);
     auto kernel = epilogue_kernel<T>;
-    cudaError_t err = prepare(kernel, smem);
+    cudaError_t err = allow_smem(kernel, smem);
     if (err != cudaSuccess) return err;
-    kernel<<<row_grid(reinterpret_cast<const void*>(kernel), smem, rows), kThreads, smem, stream>>>(p, z, ldz, y, rows);
+    kernel<<<row_grid(kernel, kThreads, smem, rows), kThreads, smem, stream>>>(p, z, ldz, y, rows);
     return cudaGetLastError();
 }
 
@@ -189,7 +171,7 @@ __device__ __forceinline__ void prefetch_l2(const void* ptr) {
 template <int BITS, int NT, typename T>
 __global__ void __launch_bounds__(kThreads)
     fused_frame_linear_kernel(FrameLinearParams p, const T* __restrict__ x, T* y, int rows, __half* cbuf,
-                              float* zbuf, int splits, int per, unsigned int* barrier, int phases) {
+                              float* zbuf, int splits, int per, unsigned int* barrier) {
     extern __shared__ float smem[];
     const PrologueSmem sa(p, smem);
     const EpilogueSmem sc(p, smem + round4(imax(prologue_floats(p), p.matmul.out_features)));
@@ -209,15 +191,13 @@ __global__ void __launch_bounds__(kThreads)
         if (p.has_frame_in) load_dft(p.frame_in.dft, sa.dft, p.frame_in.kp);
         if (p.has_frame_out) load_dft(p.frame_out.dft_t, sc.dft_t, p.frame_out.kp);
     }
-    if (phases & 1)
-        for (int tok = blockIdx.x; tok < rows; tok += gridDim.x)
+    for (int tok = blockIdx.x; tok < rows; tok += gridDim.x)
             prologue_row(p, x + static_cast<int64_t>(tok) * p.in_dim(), cbuf + static_cast<int64_t>(tok) * K_in, sa);
     grid_barrier(barrier);
 
     // Phase B: z_s = scale * (codes - zero) c over chunk range s, (tile, s) items over all warps.
-    if (phases & 2) {
+    {
         using L = CodeLayout<BITS>;
-        constexpr int U = FQ_FUSED_U;
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
         const int nchunks = (p.matmul.words_per_row + L::kChunkWords - 1) / L::kChunkWords;
         const int ntiles = (K_out + 15) / 16;
@@ -228,7 +208,8 @@ __global__ void __launch_bounds__(kThreads)
             const int row0 = tile * 16, c0 = split * per, c1 = min(nchunks, c0 + per);
             float* zs = zbuf + static_cast<int64_t>(split) * rows * K_out;
             float acc[NT][4], xs[NT];
-            warp_packed_tile<BITS, NT, U>(p.matmul, row0, act, 0, c0, c1, acc, xs, -1);
+            // One chunk loaded at a time: batching 4 measured slower (packed_small, H100).
+            warp_packed_tile<BITS, NT>(p.matmul, row0, act, 0, c0, c1, acc, xs, -1);
             apply_zero<NT>(p.matmul, row0, acc, xs);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -248,7 +229,7 @@ __global__ void __launch_bounds__(kThreads)
     // Phase C: y = R_out T_out z + bias, one block per token.
     const int64_t split_stride = static_cast<int64_t>(rows) * K_out;
     float* zsum = smem;  // the prologue's space, free after phase A
-    for (int tok = blockIdx.x; tok < rows && (phases & 4); tok += gridDim.x) {
+    for (int tok = blockIdx.x; tok < rows; tok += gridDim.x) {
         const float* z = zbuf + static_cast<int64_t>(tok) * K_out;
         __syncthreads();  // the previous token's epilogue is done with zsum
         for (int base = threadIdx.x; base < K_out; base += kBatch * blockDim.x) {
@@ -278,7 +259,7 @@ cudaError_t launch_fused(const FrameLinearParams& p, const T* x, T* y, int rows,
                          unsigned int* barrier, cudaStream_t stream) {
     auto kernel = fused_frame_linear_kernel<BITS, NT, T>;
     const size_t smem = sizeof(float) * (round4(std::max(prologue_floats(p), p.matmul.out_features)) + epilogue_floats(p));
-    cudaError_t err = prepare(kernel, smem);
+    cudaError_t err = allow_smem(kernel, smem);
     if (err != cudaSuccess) return err;
     int device = 0, sms = 0, per_sm = 0;
     cudaGetDevice(&device);
@@ -299,14 +280,7 @@ cudaError_t launch_fused(const FrameLinearParams& p, const T* x, T* y, int rows,
     const size_t c_bytes = (sizeof(__half) * rows * p.matmul.in_features + 255) / 256 * 256;
     float* zbuf = reinterpret_cast<float*>(static_cast<char*>(workspace) + c_bytes);
     FrameLinearParams params = p;
-    // FQ_FUSED_PHASES (profiling only; benchmarks/kernel_steps.py): bit mask of the phases to
-    // run (1 prologue, 2 matmul, 4 epilogue), default all. Any other value gives wrong outputs.
-    static const int phase_mask = [] {
-        const char* env = std::getenv("FQ_FUSED_PHASES");
-        return env ? std::atoi(env) : 7;
-    }();
-    int phases = phase_mask;
-    void* args[] = {&params, &x, &y, &rows, &cbuf, &zbuf, &splits, &per, &barrier, &phases};
+    void* args[] = {&params, &x, &y, &rows, &cbuf, &zbuf, &splits, &per, &barrier};
     return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(grid), dim3(kThreads), args, smem, stream);
 }
 
@@ -489,7 +463,7 @@ cudaError_t launch_decode(const FrameLinearParams& p, const T* x, T* y, int rows
     while (tiles > 0 && sizeof(float) * decode_floats(p, rows, tiles) > limit) --tiles;
     if (tiles == 0 || (one_wave && tiles < want)) return cudaErrorNotSupported;
     const size_t smem = sizeof(float) * decode_floats(p, rows, tiles);
-    err = prepare(kernel, smem);
+    err = allow_smem(kernel, smem);
     if (err != cudaSuccess) return err;
     const int grid = (ntiles + tiles - 1) / tiles;
     kernel<<<grid, kDecodeThreads, smem, stream>>>(p, x, y, rows, static_cast<float*>(workspace), tiles, counter);

@@ -42,8 +42,8 @@ __global__ void __launch_bounds__(kSmallWarps * 32) packed_small_kernel(PackedMa
     const int per_warp = (nchunks + kSmallWarps - 1) / kSmallWarps;
     const int c_begin = min(nchunks, warp * per_warp), c_end = min(nchunks, c_begin + per_warp);
     float acc[NT][4], xs[NT];
-    detail::warp_packed_tile<BITS, NT, 1>(p, row0, GlobalAct<T>{x, rows, p.in_features}, 0, c_begin,
-                                                         c_end, acc, xs, -1);
+    detail::warp_packed_tile<BITS, NT>(p, row0, GlobalAct<T>{x, rows, p.in_features}, 0, c_begin, c_end, acc, xs,
+                                       -1);
     detail::apply_zero<NT>(p, row0, acc, xs);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)

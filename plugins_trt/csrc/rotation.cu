@@ -1,7 +1,5 @@
 // Randomized Hadamard rotation kernel: rows in a grid-stride loop, one row at a time per block,
 // held in shared memory (fp32, padded against bank conflicts); loads and stores in 16-byte batches.
-#include <algorithm>
-
 #include "common.cuh"
 
 namespace fq {
@@ -29,14 +27,9 @@ cudaError_t launch_typed(const RotationParams& p, const void* x, void* y, int64_
                          cudaStream_t stream) {
     const size_t smem = rotation_smem_bytes(p);
     auto kernel = rotation_kernel<T>;
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    const cudaError_t err = detail::allow_smem(kernel, smem);
     if (err != cudaSuccess) return err;
-    int device = 0, sms = 0, per_sm = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRotationThreads, smem) != cudaSuccess || per_sm < 1)
-        per_sm = 1;
-    const int grid = static_cast<int>(std::min<int64_t>(rows, static_cast<int64_t>(per_sm) * sms));
+    const int grid = detail::row_grid(kernel, kRotationThreads, smem, rows);
     kernel<<<grid, kRotationThreads, smem, stream>>>(p, static_cast<const T*>(x), static_cast<T*>(y), rows, transpose);
     return cudaGetLastError();
 }
