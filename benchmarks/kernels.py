@@ -1,8 +1,9 @@
 """Per-layer timings of the plugins_trt kernels against cuBLAS fp16 (run on a GPU).
 
 For each shape (in_features x out_features) and row count M, the layer's kernel paths:
-``fused`` (one launch, M <= 16: the decode kernel at M = 1, else the cooperative kernel, whose
-time is also shown on its own as ``coop``), ``kernels`` (three launches: prologue, packed
+``fused`` (one launch, M <= 16: the spread decode kernel at M = 1, else the cooperative kernel,
+whose time is also shown on its own as ``coop``; at M <= 8 also the ``split`` (spread decode) and
+``decode`` (one-block epilogue) kernels on their own), ``kernels`` (three launches: prologue, packed
 matmul, epilogue), ``gemm`` (prologue, D_hat decoded to fp16, cuBLAS, epilogue; M >= 197), and
 cuBLAS fp16 on the dense weight (``torch.matmul``). At M = 1 also the bytes the fused layer must
 move and the fraction of the measured device-to-device copy bandwidth that this amounts to
@@ -122,7 +123,7 @@ def copies_for(nbytes: int, l2_bytes: int, cap: int = 256) -> int:
 
 def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy, l2_bytes):
     layer = harness.random_frame_layer(in_f, out_f, bits=bits, redundancy=redundancy, seed=in_f * 7 + out_f).cuda()
-    kls = {path: harness.KernelLinear(layer, path=path) for path in ("fused", "kernels", "gemm", "cooperative")}
+    kls = {path: harness.KernelLinear(layer, path=path) for path in ("fused", "kernels", "gemm", "cooperative", "split", "decode")}
     weight = torch.randn(out_f, in_f, device="cuda", dtype=torch.float16) / in_f**0.5
     k_out, k_in = layer.frame_shape
     cold = None
@@ -135,6 +136,12 @@ def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy, l2_bytes):
         if rows <= 16:
             row["fused_us"], row["fused_timing"] = time_fn(kls["fused"], inputs)
             row["coop_us"], _ = time_fn(kls["cooperative"], inputs)
+            if rows <= 8:
+                for name in ("split", "decode"):
+                    try:
+                        row[f"{name}_us"], _ = time_fn(kls[name], inputs)
+                    except RuntimeError as err:  # a layer the kernel does not take
+                        row[f"{name}_error"] = str(err)
             if cold is None:  # weight copies for the cold-L2 timings
                 n_dense = copies_for(weight.numel() * 2, l2_bytes)
                 n_codes = copies_for(layer.packed_codes.numel() * 4, l2_bytes)
@@ -147,8 +154,8 @@ def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy, l2_bytes):
             row["fused_cold_us"], _ = time_fn(lambda x, kl: kl(x), inputs, calls=len(fused_kls), weights=fused_kls)
         if rows >= 197:
             row["gemm_us"], row["gemm_timing"] = time_fn(kls["gemm"], inputs)
-        best = min(row.get("fused_us", float("inf")), row.get("coop_us", float("inf")), row["kernels_us"],
-                   row.get("gemm_us", float("inf")))
+        best = min([row.get(key, float("inf")) for key in ("fused_us", "coop_us", "split_us", "decode_us", "gemm_us")]
+                   + [row["kernels_us"]])
         row["best_us"] = best
         row["speedup_vs_cublas"] = row["cublas_fp16_us"] / best
         if "fused_cold_us" in row:
@@ -168,7 +175,8 @@ def _format(r) -> str:
     f = lambda key: f"{r[key]:8.1f}" if key in r else "       -"  # noqa: E731
     roof = f"{r['fused_roofline_pct']:5.1f}%" if "fused_roofline_pct" in r else "     -"
     cold = f"x{r['cold_speedup_vs_cublas']:5.2f}" if "cold_speedup_vs_cublas" in r else "     -"
-    return (f"{r['in_features']:>5}x{r['out_features']:<5} M={r['M']:<6} fused {f('fused_us')} coop {f('coop_us')}"
+    return (f"{r['in_features']:>5}x{r['out_features']:<5} M={r['M']:<6} fused {f('fused_us')} split {f('split_us')}"
+            f" decode {f('decode_us')} coop {f('coop_us')}"
             f" kernels {f('kernels_us')}"
             f" gemm {f('gemm_us')} cuBLAS {f('cublas_fp16_us')} best x{r['speedup_vs_cublas']:5.2f} | cold: fused "
             f"{f('fused_cold_us')} cuBLAS {f('cublas_cold_us')} {cold} roofline {roof}")

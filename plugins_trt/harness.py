@@ -146,10 +146,10 @@ def dequantize(packed_codes, scale, zero, bits: int, in_features: int, out_featu
 
 # ---- a whole FrameQuant layer -------------------------------------------------------------
 
-PATHS = {"fused": 1, "kernels": 2, "gemm": 3, "decode": 4, "cooperative": 5}
+PATHS = {"fused": 1, "kernels": 2, "gemm": 3, "decode": 4, "cooperative": 5, "split": 6}
 GEMM_MIN_ROWS = 64
 # The automatic choice (H100 timings of benchmarks/kernels.py): the single-launch layer for one
-# token (the decode kernel), the three launches from 2 rows (faster there than either single-launch
+# token (the spread decode kernel for layers wider than 4096, else the decode kernel), the three launches from 2 rows (faster there than either single-launch
 # kernel), the cuBLAS path from GEMM_MIN_ROWS fp16 rows.
 FUSED_AUTO_ROWS = 1
 
@@ -157,9 +157,10 @@ FUSED_AUTO_ROWS = 1
 class KernelLinear(nn.Module):
     """A ``FrameQuantLinear`` run by the kernels.
 
-    ``path``: ``"fused"`` (one launch, at most ``fused_max_rows`` rows: the ``"decode"`` kernel
-    for one row where the layer fits it, else the ``"cooperative"`` kernel; both can also be asked
-    for by name, decode up to ``decode_max_rows`` rows), ``"kernels"``
+    ``path``: ``"fused"`` (one launch, at most ``fused_max_rows`` rows: for one row the ``"split"``
+    kernel (spread decode: every step spread over the SMs) on layers wider than 4096, else the
+    ``"decode"`` kernel where the layer fits it, else the ``"cooperative"`` kernel; all three can
+    also be asked for by name, split and decode up to ``decode_max_rows`` rows), ``"kernels"``
     (three launches: prologue, packed matmul, epilogue), ``"gemm"`` (prologue, D_hat decoded to
     fp16, cuBLAS, epilogue; fp16 only) or ``None``: fused up to ``FUSED_AUTO_ROWS`` rows, gemm from
     ``GEMM_MIN_ROWS`` fp16 rows, kernels otherwise. ``fused=True/False`` is shorthand for

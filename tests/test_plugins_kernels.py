@@ -154,10 +154,10 @@ def layer_forward(layer, x, dtype):
     return y
 
 
-def layer_paths(rows, gemm=True):
-    """Every layer path that takes ``rows`` rows."""
+def layer_paths(rows, gemm=True, split=True):
+    """Every layer path that takes ``rows`` rows (``split``: the layer has both rotations and frames)."""
     return (["kernels"] + (["gemm"] if gemm else []) + (["fused", "cooperative"] if rows <= 16 else [])
-            + (["decode"] if rows <= 8 else []))
+            + (["decode"] if rows <= 8 else []) + (["split"] if rows <= 8 and split else []))
 
 
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 11008), (11008, 4096), (768, 3072)])
@@ -181,13 +181,33 @@ def test_frame_linear_random_layers(h, shape, rows):
     # Repeated single-launch layers share one counter (the decode kernel's arrivals, the
     # cooperative kernel's barrier): interleaved, results must not change.
     if rows <= 8 and rows * layer.frame_shape[1] * 2 <= 100_000:
-        decode, coop = h.KernelLinear(layer, path="decode"), h.KernelLinear(layer, path="cooperative")
-        coop._barrier = decode._barrier = torch.zeros(1, dtype=torch.int32, device=DEV)
-        first_d, first_c = decode(x.half()), coop(x.half())
+        paths = [h.KernelLinear(layer, path=name) for name in ("decode", "cooperative", "split")]
+        shared = torch.zeros(1, dtype=torch.int32, device=DEV)
+        for kl in paths:
+            kl._barrier = shared
+        first = [kl(x.half()) for kl in paths]
         for _ in range(3):
-            assert torch.equal(decode(x.half()), first_d)
-            assert torch.equal(coop(x.half()), first_c)
-        assert int(decode._barrier.item()) & 0x7FFFFFFF == 0
+            for kl, want in zip(paths, first):
+                assert torch.equal(kl(x.half()), want), kl.path
+        assert int(shared.item()) & 0x7FFFFFFF == 0
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("rows", [1, 6])
+def test_split_path_wider_codes(h, bits, rows):
+    layer = random_layer(4096, 4096, bits=bits, seed=bits).to(DEV)
+    x = torch.randn(rows, 4096, device=DEV)
+    ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
+    for path in ("split", "decode"):
+        check_against(h.frame_linear(x.half(), layer, path=path), ref64, torch16, f"b={bits} M={rows} {path}")
+
+
+def test_split_path_needs_both_sides(h):
+    layer = random_layer(768, 768, rotate=False).to(DEV)
+    with pytest.raises(RuntimeError, match="not supported"):
+        h.frame_linear(torch.randn(1, 768, device=DEV).half(), layer, path="split")
+    with pytest.raises(ValueError, match="at most 8 rows, got 9"):
+        h.frame_linear(torch.randn(9, 768, device=DEV).half(), random_layer(768, 768).to(DEV), path="split")
 
 
 def test_decode_path_refuses_too_many_rows(h):
@@ -201,7 +221,7 @@ def test_frame_linear_partial_sides(h, rotate, frames):
     layer = random_layer(768, 768, rotate=rotate, frames=frames).to(DEV)
     x = torch.randn(4, 768, device=DEV)
     ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
-    for path in layer_paths(4):
+    for path in layer_paths(4, split=False):
         check_against(h.frame_linear(x.half(), layer, path=path), ref64, torch16, f"partial path={path}")
 
 

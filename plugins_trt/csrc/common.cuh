@@ -264,6 +264,41 @@ __device__ inline void block_fwht(float* x, int power, int odd) {
     }
 }
 
+// The odd factor of a rotation on x[sp(i * odd + n)], i < power (a padded shared vector):
+// forward Y[i, l] = sum_n X[i, n] C[l, n], transpose X[i, n] = sum_l Y[i, l] C[l, n], times
+// `scale`. tmp holds power * odd floats. The caller's barrier precedes it; ends with a barrier.
+// kSharedTable: dct was staged in shared memory (read with plain loads).
+template <bool kSharedTable = false>
+__device__ inline void block_odd_mix(float* x, float* tmp, int power, int odd, const float* dct, bool transpose,
+                                     float scale) {
+    auto table = [dct](int i) { return kSharedTable ? dct[i] : tload(dct + i); };
+    const int dim = power * odd;
+    if (!transpose) {
+        // Consecutive threads take consecutive i for one l, so a warp reads one table entry at a
+        // time (a broadcast; 43 entries apart for 11008 otherwise).
+        for (int e = threadIdx.x; e < dim; e += blockDim.x) {
+            const int l = e / power, i = e % power;
+            float acc = 0.f;
+#pragma unroll 8  // loads of 8 terms in flight at once (odd is 43 for 11008)
+            for (int n = 0; n < odd; ++n) acc = fmaf(x[sp(i * odd + n)], table(l * odd + n), acc);
+            tmp[i * odd + l] = acc;
+        }
+    } else {
+        // Here consecutive threads take consecutive n, so the table reads are coalesced; the
+        // mapping above measured slower in this direction on the H100.
+        for (int e = threadIdx.x; e < dim; e += blockDim.x) {
+            const int i = e / odd, n = e % odd;
+            float acc = 0.f;
+#pragma unroll 8
+            for (int l = 0; l < odd; ++l) acc = fmaf(x[sp(i * odd + l)], table(l * odd + n), acc);
+            tmp[e] = acc;
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < dim; e += blockDim.x) x[sp(e)] = tmp[e] * scale;
+    __syncthreads();
+}
+
 // In-place R x (forward) or R^T x on a padded shared-memory vector; tmp holds dim floats when
 // odd > 1. `signed_input`: the forward rotation's diag(signs) was already applied (load_row's
 // `mul`). Starts and ends with a barrier.
@@ -279,37 +314,12 @@ __device__ inline void block_rotate(const RotationParams& p, float* x, float* tm
         }
         block_fwht(x, p.power, odd);
         if (odd > 1) {
-            // Y[i, l] = sum_n X[i, n] C[l, n]. Consecutive threads take consecutive i for one l, so
-            // a warp reads one table entry at a time (a broadcast; 43 entries apart for 11008 otherwise).
-            for (int e = threadIdx.x; e < dim; e += blockDim.x) {
-                const int l = e / p.power, i = e % p.power;
-                const float* c = p.dct + l * odd;
-                float acc = 0.f;
-#pragma unroll 8  // loads of 8 terms in flight at once (odd is 43 for 11008)
-                for (int n = 0; n < odd; ++n) acc = fmaf(x[sp(i * odd + n)], tload(c + n), acc);
-                tmp[i * odd + l] = acc;
-            }
-            __syncthreads();
-            for (int e = threadIdx.x; e < dim; e += blockDim.x) x[sp(e)] = tmp[e] * norm;
+            block_odd_mix(x, tmp, p.power, odd, p.dct, false, norm);
         } else {
             for (int e = threadIdx.x; e < dim; e += blockDim.x) x[sp(e)] *= norm;
         }
     } else {
-        if (odd > 1) {
-            // X[i, n] = sum_l Y[i, l] C[l, n]
-            // (Here consecutive threads take consecutive n, so the table reads are coalesced; the
-            // mapping above measured slower in this direction on the H100.)
-            for (int e = threadIdx.x; e < dim; e += blockDim.x) {
-                const int i = e / odd, n = e % odd;
-                float acc = 0.f;
-#pragma unroll 8
-                for (int l = 0; l < odd; ++l) acc = fmaf(x[sp(i * odd + l)], tload(p.dct + l * odd + n), acc);
-                tmp[e] = acc;
-            }
-            __syncthreads();
-            for (int e = threadIdx.x; e < dim; e += blockDim.x) x[sp(e)] = tmp[e];
-            __syncthreads();
-        }
+        if (odd > 1) block_odd_mix(x, tmp, p.power, odd, p.dct, true, 1.f);
         block_fwht(x, p.power, odd);
         scale_row(x, dim, p.signs, norm);
     }
@@ -481,6 +491,27 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
 }
+__device__ __forceinline__ void cp_async8(void* smem, const void* gmem) {
+    const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+    const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's most recent cp.async groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+// n 4-byte words global -> shared by cp.async, the block's threads together (16-byte pieces where
+// both addresses allow); no commit, no wait.
+__device__ inline void stage_words(void* dst, const void* src, int n) {
+    const bool wide = ((reinterpret_cast<uintptr_t>(src) | static_cast<uintptr_t>(__cvta_generic_to_shared(dst))) & 15) == 0;
+    const int n16 = wide ? n / 4 : 0;
+    for (int i = threadIdx.x; i < n16; i += blockDim.x)
+        cp_async16(static_cast<uint32_t*>(dst) + 4 * i, static_cast<const uint32_t*>(src) + 4 * i);
+    for (int i = 4 * n16 + threadIdx.x; i < n; i += blockDim.x)
+        cp_async4(static_cast<uint32_t*>(dst) + i, static_cast<const uint32_t*>(src) + i);
+}
 // Waits for every cp.async this thread issued (a barrier must follow before others read them).
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
@@ -504,22 +535,24 @@ template <typename K> int row_grid(K kernel, int threads, size_t smem, int64_t r
 
 // ---- grid barrier for cooperative launches -------------------------------------------------
 
-// All blocks of the grid wait here. The counter starts at 0 (or 0x80000000) and each crossing
-// adds exactly 2^31 (block 0 adds 2^31 - (n - 1), the others 1), so its top bit flips once
-// all blocks arrived and the counter is ready for the next crossing or launch.
-__device__ inline void grid_barrier(unsigned int* counter) {
+// Blocks 0 .. n-1 arrive here; those with `wait` stay until all n arrived. The counter starts at 0
+// (or 0x80000000) and each crossing adds exactly 2^31 (block 0 adds 2^31 - (n - 1), the others
+// 1), so its top bit flips once all blocks arrived and the counter is ready for the next crossing
+// or launch. Waiters poll with a short sleep, which keeps the polls out of the arrivals' way.
+__device__ inline void grid_barrier(unsigned int* counter, unsigned int n, bool wait) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        const unsigned int n = gridDim.x;
         const unsigned int inc = (blockIdx.x == 0) ? (0x80000000u - (n - 1)) : 1u;
         __threadfence();
         const unsigned int old = atomicAdd(counter, inc);
-        while (((old ^ *reinterpret_cast<volatile unsigned int*>(counter)) & 0x80000000u) == 0) {
+        if (wait) {
+            while (((old ^ *reinterpret_cast<volatile unsigned int*>(counter)) & 0x80000000u) == 0) __nanosleep(32);
+            __threadfence();
         }
-        __threadfence();
     }
     __syncthreads();
 }
+__device__ inline void grid_barrier(unsigned int* counter) { grid_barrier(counter, gridDim.x, true); }
 
 }  // namespace detail
 }  // namespace fq

@@ -81,10 +81,11 @@ cudaError_t launch_packed_matmul(const PackedMatMulParams& p, const void* x, voi
 cudaError_t launch_dequantize(const PackedMatMulParams& p, __half* out, cudaStream_t stream);
 cudaError_t launch_dequantize_ld(const PackedMatMulParams& p, __half* out, int64_t ld, cudaStream_t stream);
 
-// The fused single-launch layer for rows <= kFusedMaxRows: the decode kernel below up to
-// kDecodeAutoRows rows where it fits, else one cooperative launch in three phases separated by grid
-// barriers (see frame_linear.cu). `workspace` holds frame_linear_workspace_bytes(p, rows) bytes;
-// `barrier` is one uint32 that is zero before the first use and is left valid for the next.
+// The fused single-launch layer for rows <= kFusedMaxRows: the spread decode kernel (below) for
+// one row of wide layers, else the decode kernel up to kDecodeAutoRows rows where it fits, else one
+// cooperative launch in three phases separated by grid barriers (see frame_linear.cu).
+// `workspace` holds frame_linear_workspace_bytes(p, rows) bytes; `barrier` is one uint32 that is
+// zero before the first use and is left valid for the next.
 constexpr int kFusedMaxRows = 16;
 size_t frame_linear_workspace_bytes(const FrameLinearParams& p, int64_t rows);
 cudaError_t launch_frame_linear_fused(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
@@ -105,6 +106,21 @@ constexpr int kDecodeRows = 8;
 constexpr int kDecodeAutoRows = 1;
 cudaError_t launch_frame_linear_decode(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
                                        DType dtype, void* workspace, unsigned int* counter, cudaStream_t stream);
+
+// The spread decode layer for rows <= kDecodeRows: one launch of about two blocks per SM with two
+// grid barriers; every block folds the input into the few rotation chunks under its frame runs,
+// analyses them and multiplies its slab of the codes; then each output rotation chunk is
+// synthesized and rotated by its own block (frame_linear_split.cu). Needs both rotations and both
+// frames, and all blocks resident at once: cudaErrorNotSupported otherwise. `workspace` holds
+// frame_linear_workspace_bytes(p, rows); `barrier` as for the fused layer.
+// launch_frame_linear_fused takes it first up to kSplitAutoRows rows for layers with
+// max(in dim, out dim) > kSplitMinDim (H100, M = 1: 4096x4096 30.1 us against 29.6 for the
+// decode kernel; 11008x4096 45.5 against 125.8, 4096x11008 48.2 against 88.6).
+constexpr int kSplitAutoRows = 1;
+constexpr int kSplitMinDim = 4096;
+size_t frame_linear_split_workspace_bytes(const FrameLinearParams& p, int64_t rows);
+cudaError_t launch_frame_linear_split(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
+                                      DType dtype, void* workspace, unsigned int* barrier, cudaStream_t stream);
 
 // The layer in three launches (any row count): prologue c = T_in^T R_in^T x, packed matmul
 // z = D_hat c, epilogue y = R_out T_out z + bias. `workspace` as for the fused layer.
@@ -131,6 +147,7 @@ cudaError_t launch_half_from_float(const float* in, __half* out, int n, cudaStre
 #ifdef FQ_TRACE
 // Profiling builds: the %globaltimer stamps (ns) of frame_linear.cu's kernels (FQ_STAMP slots).
 cudaError_t read_trace(unsigned long long* host, int n);
+cudaError_t read_trace_split(unsigned long long* host, int n);  // frame_linear_split.cu's
 #endif
 
 // Shared memory each kernel needs (bytes), for callers that check device limits.

@@ -319,7 +319,6 @@ __host__ __device__ inline int decode_floats(const FrameLinearParams& p, int row
     return imax(front, epilogue_floats(p));
 }
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 template <int BITS, typename T>
 __global__ void __launch_bounds__(kDecodeThreads, 1)
@@ -501,7 +500,8 @@ size_t frame_linear_workspace_bytes(const FrameLinearParams& p, int64_t rows) {
     const size_t fused = align256(sizeof(__half) * rows * p.matmul.in_features) +
                          sizeof(float) * kMaxSplits * rows * p.matmul.out_features;
     const size_t unfused = align256(sizeof(float) * rows * p.matmul.in_features) + sizeof(float) * rows * p.matmul.out_features;
-    return std::max(fused, unfused);
+    const size_t split = rows <= kDecodeRows ? frame_linear_split_workspace_bytes(p, rows) : 0;
+    return std::max({fused, unfused, split});
 }
 
 // The decode kernel; `one_wave`: refuse (cudaErrorNotSupported) rather than run more blocks than SMs.
@@ -520,6 +520,11 @@ cudaError_t launch_frame_linear_fused(const FrameLinearParams& p, const void* x,
                                       void* workspace, unsigned int* barrier, cudaStream_t stream) {
     if (rows == 0) return cudaSuccess;
     if (rows > kFusedMaxRows) return cudaErrorInvalidValue;
+    if (rows <= kSplitAutoRows && std::max(p.in_dim(), p.out_dim()) > kSplitMinDim) {
+        const cudaError_t err = launch_frame_linear_split(p, x, y, rows, dtype, workspace, barrier, stream);
+        if (err != cudaErrorNotSupported) return err;
+        cudaGetLastError();  // not sticky; clear it
+    }
     if (rows <= kDecodeAutoRows) {
         // One wave only: a second wave of blocks repeats the prologue (11008x4096 at M = 1 on the
         // H100: 126 us against 98 for the cooperative kernel).

@@ -103,12 +103,14 @@ __device__ __forceinline__ void warp_packed_tile(const PackedMatMulParams& p, in
 }
 
 // acc -= zero[row] * xs[token], with xs summed over the quad and moved to the D layout.
+// `zero`: a copy of p.zero's rows first.. (e.g. in shared memory) to read instead.
 template <int NT>
-__device__ __forceinline__ void apply_zero(const PackedMatMulParams& p, int row0, float acc[NT][4], float xs[NT]) {
+__device__ __forceinline__ void apply_zero(const PackedMatMulParams& p, int row0, float acc[NT][4], float xs[NT],
+                                           const __half* zero = nullptr, int first = 0) {
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const int r0 = row0 + g, r1 = row0 + g + 8;
-    const float z0 = r0 < p.out_features ? __half2float(p.zero[r0]) : 0.f;
-    const float z1 = r1 < p.out_features ? __half2float(p.zero[r1]) : 0.f;
+    const float z0 = r0 < p.out_features ? __half2float(zero ? zero[r0 - first] : p.zero[r0]) : 0.f;
+    const float z1 = r1 < p.out_features ? __half2float(zero ? zero[r1 - first] : p.zero[r1]) : 0.f;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         float s = xs[nt];

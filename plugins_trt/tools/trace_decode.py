@@ -1,10 +1,11 @@
-"""Where the time of the decode layer kernel goes, from %globaltimer stamps (a profiling build).
+"""Where the time of the decode layer kernels goes, from %globaltimer stamps (a profiling build).
 
-Builds the extension with -DFQ_TRACE (FQ_TRACE=1), runs the decode layer (path "decode") on random
-2-bit layers and prints the median time of each stamp after the kernel's start (block 0 for the
-prologue and matmul, the last block for the epilogue).
+Builds the extension with -DFQ_TRACE (FQ_TRACE=1), runs a decode layer kernel (path "decode", or
+"split" for the spread one) on random 2-bit layers and prints the median time of each stamp after
+the kernel's start (decode: block 0 for the prologue and matmul, the last block for the epilogue;
+split: block 0 throughout).
 
-    python plugins_trt/tools/trace_decode.py [--shapes 4096x4096,768x768] [--rows 1]
+    python plugins_trt/tools/trace_decode.py [--shapes 4096x4096,768x768] [--rows 1] [--path split]
 """
 from __future__ import annotations
 
@@ -26,21 +27,27 @@ STAMPS = {0: "start (block 0)", 1: "codes cp.async issued", 2: "DFT table in sha
           8: "z written", 32: "last block starts epilogue", 33: "DFT^T table loaded", 34: "frame synthesis",
           35: "rotation R_out", 36: "y stored"}
 
+SPLIT_STAMPS = {0: "start (block 0)", 1: "x, gathers, DFT staged", 2: "band found, codes issued", 3: "fold (H_n_hi)",
+                4: "rotation chunks done", 5: "frame analysis", 6: "codes arrived", 7: "partial z written",
+                8: "grid barrier 1", 9: "z summed", 10: "W written", 11: "grid barrier 2", 12: "fold of W",
+                13: "y stored"}
 
-def trace(shape: tuple[int, int], rows: int, reps: int = 30) -> dict[int, float]:
+
+def trace(shape: tuple[int, int], rows: int, path: str = "decode", reps: int = 30) -> dict[int, float]:
     ext = harness.load_extension()
     layer = harness.random_frame_layer(*shape, seed=shape[0] + shape[1]).cuda()
-    kl = harness.KernelLinear(layer, path="decode")
+    kl = harness.KernelLinear(layer, path=path)
+    stamps = SPLIT_STAMPS if path == "split" else STAMPS
     x = torch.randn(rows, shape[0], device="cuda", dtype=torch.float16)
     for _ in range(5):
         kl(x)
     torch.cuda.synchronize()
-    samples: dict[int, list[float]] = {k: [] for k in STAMPS}
+    samples: dict[int, list[float]] = {k: [] for k in stamps}
     for _ in range(reps):
         kl(x)
         torch.cuda.synchronize()
-        t = ext.read_trace().tolist()
-        for k in STAMPS:
+        t = ext.read_trace(path == "split").tolist()
+        for k in stamps:
             samples[k].append((t[k] - t[0]) / 1000)
     return {k: statistics.median(v) for k, v in samples.items()}
 
@@ -49,12 +56,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="4096x4096,768x768,11008x4096")
     parser.add_argument("--rows", type=int, default=1)
+    parser.add_argument("--path", choices=("decode", "split"), default="decode")
     args = parser.parse_args()
     for s in args.shapes.split(","):
         shape = tuple(int(v) for v in s.split("x"))
-        med = trace(shape, args.rows)
-        print(f"{s} M={args.rows} (microseconds after the kernel starts; medians)")
-        for k, name in STAMPS.items():
+        med = trace(shape, args.rows, args.path)
+        print(f"{s} M={args.rows} path={args.path} (microseconds after the kernel starts; medians)")
+        for k, name in (SPLIT_STAMPS if args.path == "split" else STAMPS).items():
             print(f"  {name:32s} {med[k]:7.2f}")
     return 0
 

@@ -138,7 +138,8 @@ fq::FrameLinearParams layer_params(const std::vector<torch::Tensor>& t, const st
 
 // path: 1 fused single launch (rows <= kFusedMaxRows: decode where it fits, else cooperative),
 // 2 three launches (prologue, packed matmul, epilogue), 3 prologue + dequantize + cuBLAS +
-// epilogue (fp16 only), 4 the decode kernel (rows <= kDecodeRows), 5 the cooperative kernel.
+// epilogue (fp16 only), 4 the decode kernel (rows <= kDecodeRows), 5 the cooperative kernel, 6 the
+// spread decode kernel (rows <= kDecodeRows).
 torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, int64_t path,
                            torch::Tensor barrier) {
     require_cuda(x, "x");
@@ -158,6 +159,14 @@ torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, s
         check(fq::launch_frame_linear_fused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
                                             reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>()), stream),
               "frame_linear_fused");
+    } else if (path == 6) {
+        if (rows > fq::kDecodeRows)
+            throw std::invalid_argument("this layer path takes at most " + std::to_string(fq::kDecodeRows) +
+                                        " rows, got " + std::to_string(rows));
+        auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
+        check(fq::launch_frame_linear_split(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
+                                            reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>()), stream),
+              "frame_linear_split");
     } else if (path == 4 || path == 5) {
         const int64_t most = path == 4 ? fq::kDecodeRows : fq::kFusedMaxRows;
         if (rows > most)
@@ -209,16 +218,17 @@ std::vector<torch::Tensor> rotation_tables(int64_t dim, int64_t seed) {
 }  // namespace
 
 #ifdef FQ_TRACE
-torch::Tensor read_trace() {
+torch::Tensor read_trace(bool split) {
     auto out = torch::zeros({64}, torch::TensorOptions().dtype(torch::kInt64));
-    check(fq::read_trace(reinterpret_cast<unsigned long long*>(out.data_ptr<int64_t>()), 64), "read_trace");
+    auto* host = reinterpret_cast<unsigned long long*>(out.data_ptr<int64_t>());
+    check(split ? fq::read_trace_split(host, 64) : fq::read_trace(host, 64), "read_trace");
     return out;
 }
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef FQ_TRACE
-    m.def("read_trace", &read_trace);
+    m.def("read_trace", &read_trace, pybind11::arg("split") = false);
 #endif
     m.def("rotation", &rotation);
     m.def("frame", &frame);
