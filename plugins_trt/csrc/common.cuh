@@ -538,21 +538,23 @@ template <typename K> int row_grid(K kernel, int threads, size_t smem, int64_t r
 // Blocks 0 .. n-1 arrive here; those with `wait` stay until all n arrived. The counter starts at 0
 // (or 0x80000000) and each crossing adds exactly 2^31 (block 0 adds 2^31 - (n - 1), the others
 // 1), so its top bit flips once all blocks arrived and the counter is ready for the next crossing
-// or launch. Waiters poll with a short sleep, which keeps the polls out of the arrivals' way.
-__device__ inline void grid_barrier(unsigned int* counter, unsigned int n, bool wait) {
+// or launch. `nap`: waiters poll with a short sleep (the spread decode kernel was measured so; the
+// cooperative kernel's barrier, measured before, polls without one).
+__device__ inline void grid_barrier(unsigned int* counter, unsigned int n, bool wait, bool nap) {
     __syncthreads();
     if (threadIdx.x == 0) {
         const unsigned int inc = (blockIdx.x == 0) ? (0x80000000u - (n - 1)) : 1u;
         __threadfence();
         const unsigned int old = atomicAdd(counter, inc);
         if (wait) {
-            while (((old ^ *reinterpret_cast<volatile unsigned int*>(counter)) & 0x80000000u) == 0) __nanosleep(32);
+            while (((old ^ *reinterpret_cast<volatile unsigned int*>(counter)) & 0x80000000u) == 0)
+                if (nap) __nanosleep(32);
             __threadfence();
         }
     }
     __syncthreads();
 }
-__device__ inline void grid_barrier(unsigned int* counter) { grid_barrier(counter, gridDim.x, true); }
+__device__ inline void grid_barrier(unsigned int* counter) { grid_barrier(counter, gridDim.x, true, false); }
 
 }  // namespace detail
 }  // namespace fq

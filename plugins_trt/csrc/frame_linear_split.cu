@@ -378,7 +378,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     }
     cp_async_wait<0>();  // group P (blocks without phase 1 work)
     // Every block arrives; only the blocks of phases 2 and 3 wait (the rest are done).
-    grid_barrier(barrier, gridDim.x, later);
+    grid_barrier(barrier, gridDim.x, later, true);
     if (!later) return;
     FQ_STAMP(8);
 
@@ -445,7 +445,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
         __syncthreads();
         FQ_STAMP(10);
     }
-    grid_barrier(barrier, co.n_hi, true);
+    grid_barrier(barrier, co.n_hi, true, true);
     FQ_STAMP(11);
 
     // ---- phase 3: y chunk h = C (fold of W) / sqrt(power) + bias ---------------------------
