@@ -2,8 +2,9 @@
 
 For each shape (in_features x out_features) and row count M, the layer's kernel paths:
 ``fused`` (one launch, M <= 16: at M = 1 the spread decode kernel on layers wider than 4096, else
-the decode kernel; the cooperative kernel from 2 rows, whose time is also shown on its own as ``coop``; at M <= 8 also the ``split`` (spread decode) and
-``decode`` (one-block epilogue) kernels on their own), ``kernels`` (three launches: prologue, packed
+the decode kernel; the cooperative kernel from 2 rows, whose time is also shown on its own as
+``coop``; at M <= 8 also the ``split`` (spread decode) and ``decode`` (one-block epilogue) kernels
+on their own), ``kernels`` (three launches: prologue, packed
 matmul, epilogue), ``gemm`` (prologue, D_hat decoded to fp16, cuBLAS, epilogue; M >= 197), and
 cuBLAS fp16 on the dense weight (``torch.matmul``). At M = 1 also the bytes the fused layer must
 move and the fraction of the measured device-to-device copy bandwidth that this amounts to
