@@ -517,6 +517,12 @@ __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wai
 
 // ---- host side: launch configuration -------------------------------------------------------
 
+// f(x, y) with x and y cast to the activation type of dtype (the layer launchers' dispatch).
+template <typename F> cudaError_t with_act_type(DType dtype, const void* x, void* y, F f) {
+    if (dtype == DType::kFloat16) return f(static_cast<const __half*>(x), static_cast<__half*>(y));
+    return f(static_cast<const float*>(x), static_cast<float*>(y));
+}
+
 // Allows `smem` bytes of dynamic shared memory for `kernel`.
 template <typename K> cudaError_t allow_smem(K kernel, size_t smem) {
     return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));

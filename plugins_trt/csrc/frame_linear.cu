@@ -296,15 +296,6 @@ cudaError_t launch_fused(const FrameLinearParams& p, const T* x, T* y, int rows,
 constexpr int kDecodeThreads = 512;
 constexpr int kDecodeWarps = kDecodeThreads / 32;
 
-struct SharedAct {  // c (fp16, rows x cols) in shared memory
-    const __half* c;
-    int rows, cols;
-    __device__ __forceinline__ uint32_t operator()(int tok, int k) const {
-        if (tok >= rows || k >= cols) return 0u;
-        return *reinterpret_cast<const uint32_t*>(c + tok * cols + k);
-    }
-};
-
 // Shared floats of the decode kernel with `tiles` 16-row tiles per block:
 // [codes | c | prologue or split-K partials], the epilogue reusing it all.
 __host__ __device__ inline int decode_code_floats(const FrameLinearParams& p, int tiles) {
@@ -390,7 +381,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1)
         float acc[1][4], xs[1];
         const int row0 = (t0 + lt) * 16, c0 = min(nchunks, split * per), c1 = min(nchunks, c0 + per);
         // xs_tile = 1 (no such tile with NT = 1): the sums come from step 3.
-        warp_packed_tile<BITS, 1, 1, true>(p.matmul, row0, SharedAct{c, rows, K_in}, 0, c0, c1, acc, xs, 1, scodes,
+        warp_packed_tile<BITS, 1, 1, true>(p.matmul, row0, RowAct{c, rows, K_in, K_in}, 0, c0, c1, acc, xs, 1, scodes,
                                            row_begin);
 #pragma unroll
         for (int i = 0; i < 4; ++i) red[warp * 128 + i * 32 + lane] = acc[0][i];
@@ -509,11 +500,9 @@ static cudaError_t decode_any(const FrameLinearParams& p, const void* x, void* y
                        unsigned int* counter, bool one_wave, cudaStream_t stream) {
     if (rows == 0) return cudaSuccess;
     if (rows > kDecodeRows) return cudaErrorInvalidValue;
-    if (dtype == DType::kFloat16)
-        return launch_decode_typed<__half>(p, static_cast<const __half*>(x), static_cast<__half*>(y),
-                                           static_cast<int>(rows), workspace, counter, one_wave, stream);
-    return launch_decode_typed<float>(p, static_cast<const float*>(x), static_cast<float*>(y), static_cast<int>(rows),
-                                      workspace, counter, one_wave, stream);
+    return with_act_type(dtype, x, y, [&](auto* xt, auto* yt) {
+        return launch_decode_typed(p, xt, yt, static_cast<int>(rows), workspace, counter, one_wave, stream);
+    });
 }
 
 cudaError_t launch_frame_linear_fused(const FrameLinearParams& p, const void* x, void* y, int64_t rows, DType dtype,
@@ -539,11 +528,9 @@ cudaError_t launch_frame_linear_cooperative(const FrameLinearParams& p, const vo
                                             DType dtype, void* workspace, unsigned int* barrier, cudaStream_t stream) {
     if (rows == 0) return cudaSuccess;
     if (rows > kFusedMaxRows) return cudaErrorInvalidValue;
-    if (dtype == DType::kFloat16)
-        return launch_fused_typed<__half>(p, static_cast<const __half*>(x), static_cast<__half*>(y),
-                                          static_cast<int>(rows), workspace, barrier, stream);
-    return launch_fused_typed<float>(p, static_cast<const float*>(x), static_cast<float*>(y), static_cast<int>(rows),
-                                     workspace, barrier, stream);
+    return with_act_type(dtype, x, y, [&](auto* xt, auto* yt) {
+        return launch_fused_typed(p, xt, yt, static_cast<int>(rows), workspace, barrier, stream);
+    });
 }
 
 cudaError_t launch_frame_linear_decode(const FrameLinearParams& p, const void* x, void* y, int64_t rows, DType dtype,

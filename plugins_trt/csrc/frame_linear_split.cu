@@ -177,15 +177,6 @@ __device__ void fold_chunks(Load src, const Chunks& ck, int h0, int n, float* ds
     __syncthreads();
 }
 
-struct LocalAct {  // c of one column group (fp16, rows x ld) in shared memory; zero past `cols`
-    const __half* c;
-    int rows, ld, cols;
-    __device__ __forceinline__ uint32_t operator()(int tok, int k) const {
-        if (tok >= rows || k >= cols) return 0u;
-        return *reinterpret_cast<const uint32_t*>(c + tok * ld + k);
-    }
-};
-
 template <int BITS, typename T>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     split_frame_linear_kernel(FrameLinearParams p, SplitPlan s, const T* __restrict__ x, T* y, float* zpart, float* wbuf,
@@ -360,7 +351,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
         const __half* szero = reinterpret_cast<const __half*>(smem + s.off_zero);
         const __half* sscale = reinterpret_cast<const __half*>(smem + s.off_scale);
         const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-        const LocalAct act{cl, rows, s.cols_b, ncols};
+        const RowAct act{cl, rows, s.cols_b, ncols};  // this column group's c
         float* zp = zpart + static_cast<int64_t>(gc) * rows * K_out;
         for (int lt = warp; lt < ntiles; lt += kWarps) {
             const int row0 = (t0 + lt) * 16;
@@ -536,11 +527,9 @@ cudaError_t launch_frame_linear_split(const FrameLinearParams& p, const void* x,
                                       void* workspace, unsigned int* barrier, cudaStream_t stream) {
     if (rows == 0) return cudaSuccess;
     if (rows > kDecodeRows) return cudaErrorInvalidValue;
-    if (dtype == DType::kFloat16)
-        return launch_split_typed<__half>(p, static_cast<const __half*>(x), static_cast<__half*>(y),
-                                          static_cast<int>(rows), workspace, barrier, stream);
-    return launch_split_typed<float>(p, static_cast<const float*>(x), static_cast<float*>(y), static_cast<int>(rows),
-                                     workspace, barrier, stream);
+    return with_act_type(dtype, x, y, [&](auto* xt, auto* yt) {
+        return launch_split_typed(p, xt, yt, static_cast<int>(rows), workspace, barrier, stream);
+    });
 }
 
 }  // namespace fq

@@ -102,6 +102,17 @@ __device__ __forceinline__ void warp_packed_tile(const PackedMatMulParams& p, in
                                                            scodes, srow0);
 }
 
+// Activations of warp_packed_tile from fp16 rows in shared memory: c[tok * ld + k], zero for
+// tok >= rows or k >= cols.
+struct RowAct {
+    const __half* c;
+    int rows, ld, cols;
+    __device__ __forceinline__ uint32_t operator()(int tok, int k) const {
+        if (tok >= rows || k >= cols) return 0u;
+        return *reinterpret_cast<const uint32_t*>(c + tok * ld + k);
+    }
+};
+
 // acc -= zero[row] * xs[token], with xs summed over the quad and moved to the D layout.
 // `zero`: a copy of p.zero's rows first.. (e.g. in shared memory) to read instead.
 template <int NT>

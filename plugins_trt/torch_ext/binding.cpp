@@ -159,26 +159,18 @@ torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, s
         check(fq::launch_frame_linear_fused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
                                             reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>()), stream),
               "frame_linear_fused");
-    } else if (path == 6) {
-        if (rows > fq::kDecodeRows)
-            throw std::invalid_argument("this layer path takes at most " + std::to_string(fq::kDecodeRows) +
-                                        " rows, got " + std::to_string(rows));
-        auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
-        check(fq::launch_frame_linear_split(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
-                                            reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>()), stream),
-              "frame_linear_split");
-    } else if (path == 4 || path == 5) {
-        const int64_t most = path == 4 ? fq::kDecodeRows : fq::kFusedMaxRows;
+    } else if (path == 4 || path == 5 || path == 6) {
+        const int64_t most = path == 5 ? fq::kFusedMaxRows : fq::kDecodeRows;
         if (rows > most)
             throw std::invalid_argument("this layer path takes at most " + std::to_string(most) + " rows, got " +
                                         std::to_string(rows));
         auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
         auto* bar = reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>());
-        check(path == 4 ? fq::launch_frame_linear_decode(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
-                                                         bar, stream)
-                        : fq::launch_frame_linear_cooperative(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x),
-                                                              ws.data_ptr(), bar, stream),
-              path == 4 ? "frame_linear_decode" : "frame_linear_cooperative");
+        auto launch = path == 4 ? fq::launch_frame_linear_decode
+                      : path == 5 ? fq::launch_frame_linear_cooperative
+                                  : fq::launch_frame_linear_split;
+        check(launch(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(), bar, stream),
+              path == 4 ? "frame_linear_decode" : path == 5 ? "frame_linear_cooperative" : "frame_linear_split");
     } else if (path == 2) {
         auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
         check(fq::launch_frame_linear_unfused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(), stream),
