@@ -67,8 +67,11 @@ def steps(layer, rows: int, bandwidth: float) -> list[dict]:
     us, _ = time_fn(kl, x)
     out.append({"step": "three-launch layer (prologue, packed matmul, epilogue)", "us": us})
     if rows >= 197:
-        us, _ = time_fn(harness.KernelLinear(layer, path="gemm"), x)
+        gemm = harness.KernelLinear(layer, path="gemm")
+        us, _ = time_fn(gemm, x)
         out.append({"step": "gemm layer (prologue, dequantize, cuBLAS, epilogue)", "us": us})
+        for name, k_us in kernel_breakdown(gemm, x[0]):
+            out.append({"step": f"  in the gemm layer: {name}", "us": k_us})
     if rows <= 16:
         fused = harness.KernelLinear(layer, fused=True)
         us, _ = time_fn(fused, x)
@@ -76,21 +79,51 @@ def steps(layer, rows: int, bandwidth: float) -> list[dict]:
     return out
 
 
+def short_name(name: str) -> str:
+    """A kernel's name without namespaces, template arguments and parameters."""
+    for key in ("prologue_kernel", "epilogue_kernel", "dequantize", "memset", "Memset"):
+        if key in name:
+            return key.lower() if key != "dequantize" else "dequantize_words_kernel"
+    return name.split("(")[0].split("<")[0][-60:]
+
+
+def kernel_breakdown(fn, x, calls: int = 10) -> list[tuple[str, float]]:
+    """Mean device microseconds per call of each kernel that fn(x) launches (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn(x)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn(x)
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
+            key = short_name(ev.name)
+            totals[key] = totals.get(key, 0.0) + ev.device_time
+    return sorted(((k, v / calls) for k, v in totals.items()), key=lambda kv: -kv[1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True)
     parser.add_argument("--bits", type=int, default=2)
     parser.add_argument("--redundancy", type=float, default=1.1)
+    parser.add_argument("--shapes", help="comma-separated INxOUT shapes (default 768x768,4096x4096,4096x11008)")
+    parser.add_argument("--rows", help="comma-separated row counts (default 1,16,12608)")
     args = parser.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+    row_counts = [int(v) for v in args.rows.split(",")] if args.rows else ROWS
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernel_steps.py needs a CUDA GPU")
     bandwidth = copy_bandwidth()
     props = torch.cuda.get_device_properties(0)
     print(f"device {props.name}; copy bandwidth {bandwidth / 1e12:.2f} TB/s; bits {args.bits}, r {args.redundancy}")
     results = []
-    for n, m in SHAPES:
+    for n, m in shapes:
         layer = harness.random_frame_layer(n, m, bits=args.bits, redundancy=args.redundancy, seed=n + m).cuda()
-        for rows in ROWS:
+        for rows in row_counts:
             rows_out = steps(layer, rows, bandwidth)
             results.append({"in_features": n, "out_features": m, "M": rows, "frame_shape": list(layer.frame_shape),
                             "steps": rows_out})

@@ -225,6 +225,34 @@ def test_frame_linear_partial_sides(h, rotate, frames):
         check_against(h.frame_linear(x.half(), layer, path=path), ref64, torch16, f"partial path={path}")
 
 
+
+@pytest.mark.parametrize("shape,bias,rotate,frames", [((768, 3072), True, True, True), ((4096, 4096), False, True, True),
+                                                     ((768, 768), True, True, False), ((768, 768), True, False, True)])
+def test_many_rows_per_block(h, shape, bias, rotate, frames):
+    # Several rows per block of the prologue and epilogue kernels: the staged form streams the
+    # next row in while it transforms the current one (and reads its tables from shared memory).
+    in_f, out_f = shape
+    layer = random_layer(in_f, out_f, seed=7, bias=bias, rotate=rotate, frames=frames).to(DEV)
+    rows = 1500 if in_f * out_f < 4e6 else 900
+    x = torch.randn(rows, in_f, device=DEV)
+    ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
+    for path in ("kernels", "gemm"):
+        check_against(h.frame_linear(x.half(), layer, path=path), ref64, torch16, f"{shape} M={rows} {path}")
+    check_against(h.frame_linear(x, layer, path="kernels"), ref64, torch16, f"fp32 {shape} M={rows}")
+
+
+def test_gemm_path_padding_is_zeroed(h):
+    # The GEMM runs on K rounded up to 64 with zero padding; a workspace that held NaN before
+    # (the caching allocator hands the same memory back) must not leak into the output.
+    layer = random_layer(4096, 4096, seed=3).to(DEV)
+    assert layer.frame_shape[1] % 64 != 0
+    x = torch.randn(300, 4096, device=DEV)
+    stale = torch.full((64 << 20,), float("nan"), dtype=torch.float16, device=DEV)
+    del stale
+    out = h.frame_linear(x.half(), layer, path="gemm")
+    ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
+    check_against(out, ref64, torch16, "gemm after a NaN workspace")
+
 MINILM_LAYERS = os.environ.get("FQ_MINILM_LAYERS", "")
 
 

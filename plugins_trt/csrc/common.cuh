@@ -116,6 +116,11 @@ template <bool Coherent, typename V> __device__ __forceinline__ V gload(const V*
 // read-only data path (plain loads measured 1.6x slower in the many-row rotation kernel on the
 // H100: 596 against 363 us for 12608 rows of 4096).
 template <typename V> __device__ __forceinline__ V tload(const V* p) { return __ldg(p); }
+// A table that may have been staged in shared memory (kShared: plain loads) or not (tload).
+template <bool kShared, typename V> __device__ __forceinline__ V table_at(const V* p, int i) {
+    if constexpr (kShared) return p[i];
+    else return tload(p + i);
+}
 
 // dst[sp(i)] = (float) src[i] * (mul ? mul[i] : 1), i < n; no barrier.
 template <bool Coherent = false, typename T>
@@ -164,8 +169,8 @@ __device__ inline void load_row(const T* src, int n, float* dst, const float* mu
     }
 }
 
-// dst[i] = src[sp(i)] * scale + (add ? add[i] : 0), i < n; no barrier.
-template <typename T>
+// dst[i] = src[sp(i)] * scale + (add ? add[i] : 0), i < n; no barrier. kShared: add is in shared memory.
+template <bool kShared = false, typename T>
 __device__ inline void store_row(T* dst, int n, const float* src, float scale = 1.f, const float* add = nullptr) {
     constexpr int V = 16 / sizeof(T);
     if (n % V == 0 && (reinterpret_cast<uintptr_t>(dst) & 15) == 0) {
@@ -176,7 +181,7 @@ __device__ inline void store_row(T* dst, int n, const float* src, float scale = 
             for (int b = 0; b < kBatch; ++b) {
                 const int i = base + b * blockDim.x;
 #pragma unroll
-                for (int e = 0; e < V; ++e) a[b][e] = (add && i < nv) ? tload(add + i * V + e) : 0.f;
+                for (int e = 0; e < V; ++e) a[b][e] = (add && i < nv) ? table_at<kShared>(add, i * V + e) : 0.f;
             }
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
@@ -196,7 +201,7 @@ __device__ inline void store_row(T* dst, int n, const float* src, float scale = 
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
                 const int i = base + b * blockDim.x;
-                a[b] = (add && i < n) ? tload(add + i) : 0.f;
+                a[b] = (add && i < n) ? table_at<kShared>(add, i) : 0.f;
             }
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
@@ -207,14 +212,15 @@ __device__ inline void store_row(T* dst, int n, const float* src, float scale = 
     }
 }
 
-// x[sp(i)] *= mul[i] * scale, i < n; no barrier.
+// x[sp(i)] *= mul[i] * scale, i < n; no barrier. kShared: mul is in shared memory.
+template <bool kShared = false>
 __device__ inline void scale_row(float* x, int n, const float* mul, float scale) {
     for (int base = threadIdx.x; base < n; base += kBatch * blockDim.x) {
         float m[kBatch];
 #pragma unroll
         for (int b = 0; b < kBatch; ++b) {
             const int i = base + b * blockDim.x;
-            m[b] = i < n ? tload(mul + i) * scale : 0.f;
+            m[b] = i < n ? table_at<kShared>(mul, i) * scale : 0.f;
         }
 #pragma unroll
         for (int b = 0; b < kBatch; ++b) {
@@ -301,7 +307,8 @@ __device__ inline void block_odd_mix(float* x, float* tmp, int power, int odd, c
 
 // In-place R x (forward) or R^T x on a padded shared-memory vector; tmp holds dim floats when
 // odd > 1. `signed_input`: the forward rotation's diag(signs) was already applied (load_row's
-// `mul`). Starts and ends with a barrier.
+// `mul`). kShared: p.signs and p.dct point to shared memory. Starts and ends with a barrier.
+template <bool kShared = false>
 __device__ inline void block_rotate(const RotationParams& p, float* x, float* tmp, bool transpose,
                                     bool signed_input = false) {
     const int dim = p.dim, odd = p.odd;
@@ -309,19 +316,19 @@ __device__ inline void block_rotate(const RotationParams& p, float* x, float* tm
     __syncthreads();
     if (!transpose) {
         if (!signed_input) {
-            scale_row(x, dim, p.signs, 1.f);
+            scale_row<kShared>(x, dim, p.signs, 1.f);
             __syncthreads();
         }
         block_fwht(x, p.power, odd);
         if (odd > 1) {
-            block_odd_mix(x, tmp, p.power, odd, p.dct, false, norm);
+            block_odd_mix<kShared>(x, tmp, p.power, odd, p.dct, false, norm);
         } else {
             for (int e = threadIdx.x; e < dim; e += blockDim.x) x[sp(e)] *= norm;
         }
     } else {
-        if (odd > 1) block_odd_mix(x, tmp, p.power, odd, p.dct, true, 1.f);
+        if (odd > 1) block_odd_mix<kShared>(x, tmp, p.power, odd, p.dct, true, 1.f);
         block_fwht(x, p.power, odd);
-        scale_row(x, dim, p.signs, norm);
+        scale_row<kShared>(x, dim, p.signs, norm);
     }
     __syncthreads();
 }
@@ -351,7 +358,8 @@ constexpr int kMaxKSteps = 8;  // kp <= 128, i.e. k <= 64 (fq::kMaxFrameBlock)
 // Analysis of one vector u (fp32, padded shared row of length d) into c (length K, global):
 // each warp takes 16 frame blocks at a time; bins are gathered into the A fragment, the DFT
 // table (shared memory, row-major M) is B, and block i's outputs are c[i * 2k + l].
-template <typename OutT>
+// kShared: the gather tables of p point to shared memory.
+template <typename OutT, bool kShared = false>
 __device__ inline void block_frame_analysis(const FrameParams& p, const float* u, OutT* c, const __half* dft) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int g = lane >> 2, q = lane & 3, ksteps = p.kp / 16, two_k = 2 * p.k;
@@ -365,8 +373,8 @@ __device__ inline void block_frame_analysis(const FrameParams& p, const float* u
                 const int run = run0 + g + 8 * (r & 1);
                 const int t = 8 * s + q + 4 * (r >> 1);
                 const bool ok = s < ksteps && run < p.rho_c && t < p.k;
-                gj[s][r] = ok ? tload(p.gather_index + run * p.k + t) : -1;
-                gw[s][r] = ok ? tload(p.gather_weight + run * p.k + t) : 0.f;
+                gj[s][r] = ok ? table_at<kShared>(p.gather_index, run * p.k + t) : -1;
+                gw[s][r] = ok ? table_at<kShared>(p.gather_weight, run * p.k + t) : 0.f;
             }
         }
         uint32_t a[kMaxKSteps][4];
@@ -410,8 +418,9 @@ __device__ inline void block_frame_analysis(const FrameParams& p, const float* u
 
 // Synthesis of one vector: runs = per-block inverse DFT of z (A = z, B = M^T from shared memory)
 // into `runs` (fp32 shared, K floats), barrier, then v_c[j] = sum_s w[s, j] runs[bin[s, j]] into
-// v (fp32 padded shared row, d floats). `zload(i)` returns z[i] as float. Ends with a barrier.
-template <typename ZLoad>
+// v (fp32 padded shared row, d floats). `zload(i)` returns z[i] as float. kShared: the synthesis
+// tables of p point to shared memory. Ends with a barrier.
+template <bool kShared = false, typename ZLoad>
 __device__ inline void block_frame_synthesis(const FrameParams& p, ZLoad zload, float* runs, float* v,
                                              const __half* dft_t) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
@@ -468,10 +477,10 @@ __device__ inline void block_frame_synthesis(const FrameParams& p, ZLoad zload, 
         for (int b = 0; b < kBatch; ++b) {
             const int j = base + b * blockDim.x;
             const bool ok = j < p.d_c;
-            b0[b] = ok ? tload(p.synth_bin + j) : 0;
-            b1[b] = ok ? tload(p.synth_bin + p.d_c + j) : 0;
-            w0[b] = ok ? tload(p.synth_weight + j) : 0.f;
-            w1[b] = ok ? tload(p.synth_weight + p.d_c + j) : 0.f;
+            b0[b] = ok ? table_at<kShared>(p.synth_bin, j) : 0;
+            b1[b] = ok ? table_at<kShared>(p.synth_bin, p.d_c + j) : 0;
+            w0[b] = ok ? table_at<kShared>(p.synth_weight, j) : 0.f;
+            w1[b] = ok ? table_at<kShared>(p.synth_weight, p.d_c + j) : 0.f;
         }
 #pragma unroll
         for (int b = 0; b < kBatch; ++b) {

@@ -134,7 +134,8 @@ cudaError_t launch_layer_epilogue(const FrameLinearParams& p, const void* z, int
                                   DType dtype, cudaStream_t stream);
 
 // Many rows, fp16 (gemm_cublas.cpp, links cuBLAS): prologue, D_hat decoded to fp16 in the
-// workspace, cuBLAS GEMM (fp32 accumulation) with rows padded to 64 elements, epilogue.
+// workspace, cuBLAS GEMM (fp32 accumulation) on K_in and K_out rounded up to 64 (zero padding),
+// epilogue.
 // `cublas_handle` is a cublasHandle_t; its stream is set to `stream`.
 constexpr int kGemmAlign = 64;
 size_t frame_linear_gemm_workspace_bytes(const FrameLinearParams& p, int64_t rows);

@@ -85,12 +85,13 @@ __device__ void prologue_row(const FrameLinearParams& p, const T* x_row, CT* c_r
 }
 
 // y_row = R_out T_out z + bias, z[i] = zload(i). The DFT^T table is already in s.dft_t.
-template <typename ZLoad, typename T>
+// kShared: the tables of p (synthesis, signs, DCT, bias) point to shared memory.
+template <bool kShared = false, typename ZLoad, typename T>
 __device__ void epilogue_row(const FrameLinearParams& p, ZLoad zload, T* y_row, const EpilogueSmem& s) {
     __syncthreads();  // the previous row is done with s.v and s.runs
     const int d = p.out_dim();
     if (p.has_frame_out) {
-        block_frame_synthesis(p.frame_out, zload, s.runs, s.v, s.dft_t);
+        block_frame_synthesis<kShared>(p.frame_out, zload, s.runs, s.v, s.dft_t);
         FQ_STAMP(34);
     } else {
         for (int base = threadIdx.x; base < d; base += kBatch * blockDim.x) {
@@ -103,54 +104,209 @@ __device__ void epilogue_row(const FrameLinearParams& p, ZLoad zload, T* y_row, 
         }
         __syncthreads();
     }
-    if (p.has_rotation_out) block_rotate(p.rotation_out, s.v, s.runs, false);
+    if (p.has_rotation_out) block_rotate<kShared>(p.rotation_out, s.v, s.runs, false);
     FQ_STAMP(35);
-    store_row(y_row, d, s.v, 1.f, p.bias);
+    store_row<kShared>(y_row, d, s.v, 1.f, p.bias);
     FQ_STAMP(36);
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) prologue_kernel(FrameLinearParams p, const T* __restrict__ x, T* c,
-                                                             int64_t ldc, int64_t rows) {
-    extern __shared__ float smem[];
-    const PrologueSmem s(p, smem);
-    if (p.has_frame_in) load_dft(p.frame_in.dft, s.dft, p.frame_in.kp);
-    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x)
-        prologue_row(p, x + row * p.in_dim(), c + row * ldc, s);
+// ---- the many-row prologue and epilogue kernels ---------------------------------------------
+//
+// Rows in a grid-stride loop, one row at a time per block. Where shared memory allows
+// (kStaged), a block copies the layer's tables (signs, DCT, frame gathers, bias) into shared
+// memory once, and the next row's input streams in by cp.async while the current one is
+// transformed: no step of a row then waits on global memory. Otherwise tables and rows are read
+// from global memory (batched loads, common.cuh).
+
+// Shared-memory layout (float offsets) of the staged tables and the two row buffers after the
+// prologue's or epilogue's own buffers; `words`: 4-byte words of one buffered row.
+struct RowStage {
+    int signs = 0, dct = 0, idx = 0, weight = 0, bias = 0, buf = 0, words = 0, buf_floats = 0, total = 0;
+};
+
+__host__ __device__ inline RowStage prologue_stage(const FrameLinearParams& p, int elem_bytes) {
+    RowStage r;
+    int at = prologue_floats(p);
+    const int d = p.in_dim();
+    if (p.has_rotation_in) {
+        r.signs = at, at += round4(d);
+        if (p.rotation_in.odd > 1) r.dct = at, at += round4(p.rotation_in.odd * p.rotation_in.odd);
+    }
+    if (p.has_frame_in) {
+        const int n = p.frame_in.rho_c * p.frame_in.k;
+        r.idx = at, at += round4(n);
+        r.weight = at, at += round4(n);
+    }
+    r.words = d * elem_bytes / 4;
+    r.buf_floats = round4(r.words);
+    r.buf = at, at += 2 * r.buf_floats;
+    r.total = at;
+    return r;
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) epilogue_kernel(FrameLinearParams p, const T* __restrict__ z, int64_t ldz,
-                                                             T* y, int64_t rows) {
-    extern __shared__ float smem[];
-    const EpilogueSmem s(p, smem);
-    if (p.has_frame_out) load_dft(p.frame_out.dft_t, s.dft_t, p.frame_out.kp);
-    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-        const T* zr = z + row * ldz;
-        epilogue_row(p, [zr](int i) { return to_float(__ldg(zr + i)); }, y + row * p.out_dim(), s);
+__host__ __device__ inline RowStage epilogue_stage(const FrameLinearParams& p, int elem_bytes) {
+    RowStage r;
+    int at = epilogue_floats(p);
+    const int d = p.out_dim();
+    if (p.has_frame_out) {
+        r.idx = at, at += round4(2 * p.frame_out.d_c);
+        r.weight = at, at += round4(2 * p.frame_out.d_c);
     }
+    if (p.has_rotation_out) {
+        r.signs = at, at += round4(d);
+        if (p.rotation_out.odd > 1) r.dct = at, at += round4(p.rotation_out.odd * p.rotation_out.odd);
+    }
+    if (p.bias) r.bias = at, at += round4(d);
+    r.words = p.matmul.out_features * elem_bytes / 4;
+    r.buf_floats = round4(r.words);
+    r.buf = at, at += 2 * r.buf_floats;
+    r.total = at;
+    return r;
+}
+
+// Staged rows are copied as whole 4-byte words: the row length and stride must allow it.
+inline bool stageable_rows(const void* base, int64_t len, int64_t stride, int elem_bytes) {
+    return (len * elem_bytes) % 4 == 0 && (stride * elem_bytes) % 4 == 0 &&
+           (reinterpret_cast<uintptr_t>(base) & 3) == 0;
+}
+
+template <typename T, bool kStaged>
+__global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
+    prologue_kernel(FrameLinearParams p, const T* __restrict__ x, T* c, int64_t ldc, int64_t rows) {
+    extern __shared__ __align__(16) float smem[];
+    const PrologueSmem s(p, smem);
+    const int d = p.in_dim();
+    if constexpr (!kStaged) {
+        if (p.has_frame_in) load_dft(p.frame_in.dft, s.dft, p.frame_in.kp);
+        for (int64_t row = blockIdx.x; row < rows; row += gridDim.x)
+            prologue_row(p, x + row * d, c + row * ldc, s);
+    } else {
+        const RowStage st = prologue_stage(p, sizeof(T));
+        FrameLinearParams q = p;  // table pointers into shared memory
+        if (p.has_rotation_in) {
+            stage_words(smem + st.signs, p.rotation_in.signs, d);
+            q.rotation_in.signs = smem + st.signs;
+            if (p.rotation_in.odd > 1) {
+                stage_words(smem + st.dct, p.rotation_in.dct, p.rotation_in.odd * p.rotation_in.odd);
+                q.rotation_in.dct = smem + st.dct;
+            }
+        }
+        if (p.has_frame_in) {
+            const int n = p.frame_in.rho_c * p.frame_in.k;
+            stage_words(smem + st.idx, p.frame_in.gather_index, n);
+            stage_words(smem + st.weight, p.frame_in.gather_weight, n);
+            q.frame_in.gather_index = reinterpret_cast<const int32_t*>(smem + st.idx);
+            q.frame_in.gather_weight = smem + st.weight;
+        }
+        auto buf = [&](int i) { return smem + st.buf + i * st.buf_floats; };
+        if (blockIdx.x < rows) stage_words(buf(0), x + blockIdx.x * d, st.words);
+        cp_async_commit();
+        if (p.has_frame_in) load_dft(p.frame_in.dft, s.dft, p.frame_in.kp);
+        int b = 0;
+        for (int64_t row = blockIdx.x; row < rows; row += gridDim.x, b ^= 1) {
+            const int64_t next = row + gridDim.x;
+            // buf(b ^ 1) was last read before the previous row's first barrier.
+            if (next < rows) stage_words(buf(b ^ 1), x + next * d, st.words);
+            cp_async_commit();
+            cp_async_wait<1>();  // this row (and, at first, the tables) arrived
+            __syncthreads();     // ... for every thread; the previous row is done with s.u
+            const T* xr = reinterpret_cast<const T*>(buf(b));
+            for (int i = threadIdx.x; i < d; i += blockDim.x) s.u[sp(i)] = to_float(xr[i]);
+            if (p.has_rotation_in) block_rotate<true>(q.rotation_in, s.u, s.tmp, true);
+            else __syncthreads();
+            if (p.has_frame_in) block_frame_analysis<T, true>(q.frame_in, s.u, c + row * ldc, s.dft);
+            else store_row(c + row * ldc, p.matmul.in_features, s.u);
+        }
+        cp_async_wait_all();
+    }
+}
+
+template <typename T, bool kStaged>
+__global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
+    epilogue_kernel(FrameLinearParams p, const T* __restrict__ z, int64_t ldz, T* y, int64_t rows) {
+    extern __shared__ __align__(16) float smem[];
+    const EpilogueSmem s(p, smem);
+    const int d = p.out_dim();
+    if constexpr (!kStaged) {
+        if (p.has_frame_out) load_dft(p.frame_out.dft_t, s.dft_t, p.frame_out.kp);
+        for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+            const T* zr = z + row * ldz;
+            epilogue_row(p, [zr](int i) { return to_float(__ldg(zr + i)); }, y + row * d, s);
+        }
+    } else {
+        const RowStage st = epilogue_stage(p, sizeof(T));
+        FrameLinearParams q = p;  // table pointers into shared memory
+        if (p.has_frame_out) {
+            stage_words(smem + st.idx, p.frame_out.synth_bin, 2 * p.frame_out.d_c);
+            stage_words(smem + st.weight, p.frame_out.synth_weight, 2 * p.frame_out.d_c);
+            q.frame_out.synth_bin = reinterpret_cast<const int32_t*>(smem + st.idx);
+            q.frame_out.synth_weight = smem + st.weight;
+        }
+        if (p.has_rotation_out) {
+            stage_words(smem + st.signs, p.rotation_out.signs, d);
+            q.rotation_out.signs = smem + st.signs;
+            if (p.rotation_out.odd > 1) {
+                stage_words(smem + st.dct, p.rotation_out.dct, p.rotation_out.odd * p.rotation_out.odd);
+                q.rotation_out.dct = smem + st.dct;
+            }
+        }
+        if (p.bias) {
+            stage_words(smem + st.bias, p.bias, d);
+            q.bias = smem + st.bias;
+        }
+        auto buf = [&](int i) { return smem + st.buf + i * st.buf_floats; };
+        if (blockIdx.x < rows) stage_words(buf(0), z + blockIdx.x * ldz, st.words);
+        cp_async_commit();
+        if (p.has_frame_out) load_dft(p.frame_out.dft_t, s.dft_t, p.frame_out.kp);
+        int b = 0;
+        for (int64_t row = blockIdx.x; row < rows; row += gridDim.x, b ^= 1) {
+            const int64_t next = row + gridDim.x;
+            // buf(b ^ 1) was last read before a barrier of the previous row.
+            if (next < rows) stage_words(buf(b ^ 1), z + next * ldz, st.words);
+            cp_async_commit();
+            cp_async_wait<1>();
+            __syncthreads();
+            const T* zr = reinterpret_cast<const T*>(buf(b));
+            epilogue_row<true>(q, [zr](int i) { return to_float(zr[i]); }, y + row * d, s);
+        }
+        cp_async_wait_all();
+    }
+}
+
+// The staged form where the device's shared memory holds it and rows can be copied by words.
+template <typename KStaged, typename KPlain, typename... Args>
+cudaError_t launch_rows(KStaged staged, KPlain plain, size_t staged_bytes, size_t plain_bytes, bool stageable,
+                        int64_t rows, cudaStream_t stream, Args... args) {
+    int device = 0, optin = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (stageable && staged_bytes <= static_cast<size_t>(optin) && allow_smem(staged, staged_bytes) == cudaSuccess) {
+        staged<<<row_grid(staged, kThreads, staged_bytes, rows), kThreads, staged_bytes, stream>>>(args...);
+        return cudaGetLastError();
+    }
+    cudaGetLastError();  // a refused attribute is not sticky; clear it
+    const cudaError_t err = allow_smem(plain, plain_bytes);
+    if (err != cudaSuccess) return err;
+    plain<<<row_grid(plain, kThreads, plain_bytes, rows), kThreads, plain_bytes, stream>>>(args...);
+    return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t launch_prologue_typed(const FrameLinearParams& p, const T* x, T* c, int64_t ldc, int64_t rows,
                                   cudaStream_t stream) {
-    const size_t smem = sizeof(float) * prologue_floats(p);
-    auto kernel = prologue_kernel<T>;
-    cudaError_t err = allow_smem(kernel, smem);
-    if (err != cudaSuccess) return err;
-    kernel<<<row_grid(kernel, kThreads, smem, rows), kThreads, smem, stream>>>(p, x, c, ldc, rows);
-    return cudaGetLastError();
+    const size_t staged = sizeof(float) * prologue_stage(p, sizeof(T)).total;
+    const bool ok = stageable_rows(x, p.in_dim(), p.in_dim(), sizeof(T));
+    return launch_rows(prologue_kernel<T, true>, prologue_kernel<T, false>, staged, sizeof(float) * prologue_floats(p),
+                          ok, rows, stream, p, x, c, ldc, rows);
 }
 
 template <typename T>
 cudaError_t launch_epilogue_typed(const FrameLinearParams& p, const T* z, int64_t ldz, T* y, int64_t rows,
                                   cudaStream_t stream) {
-    const size_t smem = sizeof(float) * epilogue_floats(p);
-    auto kernel = epilogue_kernel<T>;
-    cudaError_t err = allow_smem(kernel, smem);
-    if (err != cudaSuccess) return err;
-    kernel<<<row_grid(kernel, kThreads, smem, rows), kThreads, smem, stream>>>(p, z, ldz, y, rows);
-    return cudaGetLastError();
+    const size_t staged = sizeof(float) * epilogue_stage(p, sizeof(T)).total;
+    const bool ok = stageable_rows(z, p.matmul.out_features, ldz, sizeof(T));
+    return launch_rows(epilogue_kernel<T, true>, epilogue_kernel<T, false>, staged, sizeof(float) * epilogue_floats(p),
+                          ok, rows, stream, p, z, ldz, y, rows);
 }
 
 // ---- the fused layer -----------------------------------------------------------------------
