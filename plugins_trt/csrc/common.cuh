@@ -169,8 +169,8 @@ __device__ inline void load_row(const T* src, int n, float* dst, const float* mu
     }
 }
 
-// dst[i] = src[sp(i)] * scale + (add ? add[i] : 0), i < n; no barrier. kShared: add is in shared memory.
-template <bool kShared = false, typename T>
+// dst[i] = src[sp(i)] * scale + (add ? add[i] : 0), i < n; no barrier.
+template <typename T>
 __device__ inline void store_row(T* dst, int n, const float* src, float scale = 1.f, const float* add = nullptr) {
     constexpr int V = 16 / sizeof(T);
     if (n % V == 0 && (reinterpret_cast<uintptr_t>(dst) & 15) == 0) {
@@ -181,7 +181,7 @@ __device__ inline void store_row(T* dst, int n, const float* src, float scale = 
             for (int b = 0; b < kBatch; ++b) {
                 const int i = base + b * blockDim.x;
 #pragma unroll
-                for (int e = 0; e < V; ++e) a[b][e] = (add && i < nv) ? table_at<kShared>(add, i * V + e) : 0.f;
+                for (int e = 0; e < V; ++e) a[b][e] = (add && i < nv) ? tload(add + i * V + e) : 0.f;
             }
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
@@ -201,7 +201,7 @@ __device__ inline void store_row(T* dst, int n, const float* src, float scale = 
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
                 const int i = base + b * blockDim.x;
-                a[b] = (add && i < n) ? table_at<kShared>(add, i) : 0.f;
+                a[b] = (add && i < n) ? tload(add + i) : 0.f;
             }
 #pragma unroll
             for (int b = 0; b < kBatch; ++b) {
@@ -212,15 +212,14 @@ __device__ inline void store_row(T* dst, int n, const float* src, float scale = 
     }
 }
 
-// x[sp(i)] *= mul[i] * scale, i < n; no barrier. kShared: mul is in shared memory.
-template <bool kShared = false>
+// x[sp(i)] *= mul[i] * scale, i < n; no barrier.
 __device__ inline void scale_row(float* x, int n, const float* mul, float scale) {
     for (int base = threadIdx.x; base < n; base += kBatch * blockDim.x) {
         float m[kBatch];
 #pragma unroll
         for (int b = 0; b < kBatch; ++b) {
             const int i = base + b * blockDim.x;
-            m[b] = i < n ? table_at<kShared>(mul, i) * scale : 0.f;
+            m[b] = i < n ? tload(mul + i) * scale : 0.f;
         }
 #pragma unroll
         for (int b = 0; b < kBatch; ++b) {
@@ -229,6 +228,40 @@ __device__ inline void scale_row(float* x, int n, const float* mul, float scale)
         }
     }
 }
+
+// Sign bits of a +-1 table into shared memory: bit i % 32 of word i / 32 is set where
+// signs[i] < 0 (n / 8 bytes instead of 4 n). The block's warps together; no barrier.
+__device__ inline void stage_sign_bits(uint32_t* bits, const float* signs, int n) {
+    const int lane = threadIdx.x & 31;
+    for (int w = threadIdx.x >> 5; w < (n + 31) / 32; w += blockDim.x >> 5) {
+        const int i = w * 32 + lane;
+        const unsigned m = __ballot_sync(0xffffffffu, i < n && tload(signs + i) < 0.f);
+        if (lane == 0) bits[w] = m;
+    }
+}
+
+// x[sp(i)] *= scale, negated where sign bit i is set (stage_sign_bits); no barrier.
+__device__ inline void scale_row_bits(float* x, int n, const uint32_t* bits, float scale) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[sp(i)] * scale;
+        x[sp(i)] = ((bits[i >> 5] >> (i & 31)) & 1u) ? -v : v;
+    }
+}
+
+// A rotation's diag(signs) and scale applied where a frame step reads (analysis) or writes
+// (synthesis) complex coordinate j, real coordinates 2j and 2j + 1, instead of in a pass of its
+// own (block_rotate's signs_outside). bits: sign bits (stage_sign_bits) in shared memory; none
+// (nullptr): nothing to apply.
+struct SignFold {
+    const uint32_t* bits = nullptr;
+    float scale = 1.f;
+    __device__ __forceinline__ void apply(int j, float& re, float& im) const {
+        if (!bits) return;
+        const uint32_t word = bits[j >> 4], shift = (2 * j) & 31;
+        re = __int_as_float(__float_as_int(re * scale) ^ (((word >> shift) & 1u) << 31));
+        im = __int_as_float(__float_as_int(im * scale) ^ (((word >> (shift + 1)) & 1u) << 31));
+    }
+};
 
 // ---- block-level rotation on a fp32 vector in shared memory (padded with sp) ---------------
 
@@ -305,95 +338,238 @@ __device__ inline void block_odd_mix(float* x, float* tmp, int power, int odd, c
     __syncthreads();
 }
 
+// The odd factor on tensor cores (the many-row kernels, 16 <= odd <= 64, e.g. 43 for 11008):
+// out[i, col] = sum_k x[i, k] B[col][k] with fp16 operands and fp32 sums, B from
+// stage_odd_mma_table: forward B[l][n] = C[l][n], transpose B[n][l] = C[l][n], zero beyond odd.
+// Where a row of x is 43 values wide, the CUDA-core loop above makes two shared-memory loads per
+// multiply-add (11008-wide rows: 473k of them per row).
+constexpr int kOddMmaMin = 16, kOddMmaMax = 64;
+__host__ __device__ __forceinline__ constexpr int odd_mma_pad(int odd) { return (odd + 15) & ~15; }
+// Rows pad / 2 + 4 words apart (4 mod 8): a warp's B-fragment loads hit distinct banks.
+__host__ __device__ __forceinline__ constexpr int odd_mma_pitch(int odd) { return odd_mma_pad(odd) + 8; }
+__host__ __device__ __forceinline__ constexpr int odd_mma_floats(int odd) {
+    return odd_mma_pad(odd) * odd_mma_pitch(odd) / 2;
+}
+__host__ __device__ __forceinline__ constexpr bool odd_on_mma(int power, int odd) {
+    return odd >= kOddMmaMin && odd <= kOddMmaMax && power % 16 == 0;
+}
+
+// B of block_odd_mix_mma from the row-major DCT C (global memory), fp16 in shared memory.
+// The block's threads together; no barrier.
+__device__ inline void stage_odd_mma_table(__half* b, const float* dct, int odd, bool transpose) {
+    const int pitch = odd_mma_pitch(odd), n = odd_mma_pad(odd) * pitch;
+    for (int e = threadIdx.x; e < n; e += blockDim.x) {
+        const int col = e / pitch, k = e % pitch;
+        const float v = (col < odd && k < odd) ? tload(dct + (transpose ? k * odd + col : col * odd + k)) : 0.f;
+        b[e] = __float2half_rn(v);
+    }
+}
+
+// As block_odd_mix, with the table of stage_odd_mma_table. The caller's barrier precedes it;
+// ends with a barrier.
+__device__ inline void block_odd_mix_mma(float* x, float* tmp, int power, int odd, const __half* b, float scale) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int g = lane >> 2, q = lane & 3;
+    const int pad = odd_mma_pad(odd), pitch = odd_mma_pitch(odd), ksteps = pad / 16;
+    auto xa = [&](int i, int k) { return k < odd ? x[sp(i * odd + k)] : 0.f; };
+    for (int mt = warp; mt < power / 16; mt += nwarps) {
+        const int i0 = mt * 16 + g, i1 = i0 + 8;
+        uint32_t a[kOddMmaMax / 16][4];
+#pragma unroll
+        for (int s = 0; s < kOddMmaMax / 16; ++s) {
+            if (s < ksteps) {
+                const int k = 16 * s + 2 * q;
+                a[s][0] = pack_half2(xa(i0, k), xa(i0, k + 1));
+                a[s][1] = pack_half2(xa(i1, k), xa(i1, k + 1));
+                a[s][2] = pack_half2(xa(i0, k + 8), xa(i0, k + 9));
+                a[s][3] = pack_half2(xa(i1, k + 8), xa(i1, k + 9));
+            }
+        }
+        for (int nt = 0; nt < pad / 8; ++nt) {
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+            const __half* brow = b + (nt * 8 + g) * pitch + 2 * q;
+#pragma unroll
+            for (int s = 0; s < kOddMmaMax / 16; ++s) {
+                if (s < ksteps) {
+                    const uint32_t b0 = *reinterpret_cast<const uint32_t*>(brow + 16 * s);
+                    const uint32_t b1 = *reinterpret_cast<const uint32_t*>(brow + 16 * s + 8);
+                    mma16816(acc, a[s], b0, b1);
+                }
+            }
+            const int col = nt * 8 + 2 * q;
+            if (col < odd) {
+                tmp[i0 * odd + col] = acc[0];
+                tmp[i1 * odd + col] = acc[2];
+            }
+            if (col + 1 < odd) {
+                tmp[i0 * odd + col + 1] = acc[1];
+                tmp[i1 * odd + col + 1] = acc[3];
+            }
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < power * odd; e += blockDim.x) x[sp(e)] = tmp[e] * scale;
+    __syncthreads();
+}
+
 // In-place R x (forward) or R^T x on a padded shared-memory vector; tmp holds dim floats when
 // odd > 1. `signed_input`: the forward rotation's diag(signs) was already applied (load_row's
-// `mul`). kShared: p.signs and p.dct point to shared memory. Starts and ends with a barrier.
+// `mul`). kShared: p.signs points to sign bits (stage_sign_bits, stored as words) and p.dct to
+// the DCT, both in shared memory. odd_mma: the odd factor's table of stage_odd_mma_table (shared
+// memory), to mix on tensor cores. signs_outside: the caller applies diag(signs) and the scale of
+// rotation_fold_scale (a SignFold): before the call for the forward rotation, after it for the
+// transpose. Starts and ends with a barrier.
 template <bool kShared = false>
 __device__ inline void block_rotate(const RotationParams& p, float* x, float* tmp, bool transpose,
-                                    bool signed_input = false) {
+                                    bool signed_input = false, const __half* odd_mma = nullptr,
+                                    bool signs_outside = false) {
     const int dim = p.dim, odd = p.odd;
     const float norm = rsqrtf(static_cast<float>(p.power));
     __syncthreads();
     if (!transpose) {
-        if (!signed_input) {
-            scale_row<kShared>(x, dim, p.signs, 1.f);
+        if (!signed_input && !signs_outside) {
+            if constexpr (kShared) scale_row_bits(x, dim, reinterpret_cast<const uint32_t*>(p.signs), 1.f);
+            else scale_row(x, dim, p.signs, 1.f);
             __syncthreads();
         }
         block_fwht(x, p.power, odd);
         if (odd > 1) {
-            block_odd_mix<kShared>(x, tmp, p.power, odd, p.dct, false, norm);
-        } else {
+            if (odd_mma)
+                block_odd_mix_mma(x, tmp, p.power, odd, odd_mma, norm);
+            else
+                block_odd_mix<kShared>(x, tmp, p.power, odd, p.dct, false, norm);
+        } else if (!signs_outside) {
             for (int e = threadIdx.x; e < dim; e += blockDim.x) x[sp(e)] *= norm;
         }
     } else {
-        if (odd > 1) block_odd_mix<kShared>(x, tmp, p.power, odd, p.dct, true, 1.f);
+        if (odd > 1) {
+            if (odd_mma)
+                block_odd_mix_mma(x, tmp, p.power, odd, odd_mma, 1.f);
+            else
+                block_odd_mix<kShared>(x, tmp, p.power, odd, p.dct, true, 1.f);
+        }
         block_fwht(x, p.power, odd);
-        scale_row<kShared>(x, dim, p.signs, norm);
+        if (!signs_outside) {
+            if constexpr (kShared) scale_row_bits(x, dim, reinterpret_cast<const uint32_t*>(p.signs), norm);
+            else scale_row(x, dim, p.signs, norm);
+        }
     }
     __syncthreads();
 }
 
+// The scale that block_rotate leaves to the caller with signs_outside: 1 / sqrt(power), except
+// for a forward rotation with an odd factor (whose mixing applies it).
+__device__ inline float rotation_fold_scale(const RotationParams& p, bool transpose) {
+    return (transpose || p.odd == 1) ? rsqrtf(static_cast<float>(p.power)) : 1.f;
+}
+
 // ---- frame analysis / synthesis with the per-block DFT on tensor cores ---------------------
 
-// Copy the kp x kp DFT table (or its transpose) into shared memory (16-byte loads, all issued
-// before the stores). Ends with a barrier.
+// Rows of the DFT table in shared memory are dft_pitch(kp) halves apart: kp / 2 + 4 words, which
+// is 4 (mod 8), so the 8 rows that one B-fragment load of a warp touches (row g, word q) hit
+// 32 distinct banks (kp / 2 words apart, a multiple of 8, they shared 4 to 8 lanes per bank).
+__host__ __device__ __forceinline__ constexpr int dft_pitch(int kp) { return kp + 8; }
+__host__ __device__ __forceinline__ constexpr int dft_floats(int kp) { return kp * dft_pitch(kp) / 2; }
+
+// Copy the kp x kp DFT table (or its transpose) into shared memory with rows dft_pitch(kp)
+// apart (16-byte loads, all issued before the stores). Ends with a barrier.
 __device__ inline void load_dft(const __half* table, __half* smem, int kp) {
     const uint4* src = reinterpret_cast<const uint4*>(table);  // kp % 16 == 0: whole uint4s
     uint4* dst = reinterpret_cast<uint4*>(smem);
-    const int n = kp * kp / 8;
+    const int per_row = kp / 8, pitch = dft_pitch(kp) / 8, n = kp * per_row;
     for (int base = threadIdx.x; base < n; base += kBatch * blockDim.x) {
         uint4 r[kBatch];
 #pragma unroll
         for (int b = 0; b < kBatch; ++b)
             if (base + b * blockDim.x < n) r[b] = __ldg(src + base + b * blockDim.x);
 #pragma unroll
-        for (int b = 0; b < kBatch; ++b)
-            if (base + b * blockDim.x < n) dst[base + b * blockDim.x] = r[b];
+        for (int b = 0; b < kBatch; ++b) {
+            const int i = base + b * blockDim.x;
+            if (i < n) dst[(i / per_row) * pitch + i % per_row] = r[b];
+        }
     }
     __syncthreads();
 }
 
+// Warp work items of the per-block DFTs: (group of 16 frame blocks, part of the kp / 8 output
+// column tiles). `spread`: layers with few blocks split the columns too, so that every warp has
+// work (shorter, at the price of each part gathering its A fragments again: the one-row kernels,
+// where a row's latency is the time; the many-row kernels, where instructions are, do not).
+struct DftItems {
+    int parts, items, ntiles;
+    __device__ DftItems(int rho_c, int kp, int nwarps, bool spread) {
+        const int groups = (rho_c + 15) / 16;
+        ntiles = kp / 8;
+        parts = spread ? max(1, min(ntiles, nwarps / groups)) : 1;
+        items = groups * parts;
+    }
+    __device__ int run0(int item) const { return (item / parts) * 16; }
+    __device__ int nt_begin(int item) const { return (item % parts) * ntiles / parts; }
+    __device__ int nt_end(int item) const { return (item % parts + 1) * ntiles / parts; }
+};
+
 constexpr int kMaxKSteps = 8;  // kp <= 128, i.e. k <= 64 (fq::kMaxFrameBlock)
+// KS (analysis, synthesis): the k-steps their registers are sized for, kp <= 16 KS.
 
 // Analysis of one vector u (fp32, padded shared row of length d) into c (length K, global):
 // each warp takes 16 frame blocks at a time; bins are gathered into the A fragment, the DFT
 // table (shared memory, row-major M) is B, and block i's outputs are c[i * 2k + l].
 // kShared: the gather tables of p point to shared memory.
-template <typename OutT, bool kShared = false>
-__device__ inline void block_frame_analysis(const FrameParams& p, const float* u, OutT* c, const __half* dft) {
+template <typename OutT, bool kShared = false, int KS = kMaxKSteps>
+__device__ inline void block_frame_analysis(const FrameParams& p, const float* u, OutT* c, const __half* dft,
+                                            bool spread = true, SignFold fold = {}) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    const int g = lane >> 2, q = lane & 3, ksteps = p.kp / 16, two_k = 2 * p.k;
-    for (int run0 = warp * 16; run0 < p.rho_c; run0 += nwarps * 16) {
-        int gj[kMaxKSteps][4];
-        float gw[kMaxKSteps][4];
-#pragma unroll
-        for (int s = 0; s < kMaxKSteps; ++s) {
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int run = run0 + g + 8 * (r & 1);
-                const int t = 8 * s + q + 4 * (r >> 1);
-                const bool ok = s < ksteps && run < p.rho_c && t < p.k;
-                gj[s][r] = ok ? table_at<kShared>(p.gather_index, run * p.k + t) : -1;
-                gw[s][r] = ok ? table_at<kShared>(p.gather_weight, run * p.k + t) : 0.f;
+    const int g = lane >> 2, q = lane & 3, ksteps = p.kp / 16, two_k = 2 * p.k, pitch = dft_pitch(p.kp);
+    const DftItems work(p.rho_c, p.kp, nwarps, spread);
+    for (int item = warp; item < work.items; item += nwarps) {
+        const int run0 = work.run0(item);
+        // Bin (s, r) of this lane: frame coordinate j (-1: none) and its weight.
+        auto bin = [&](int s, int r, int& j, float& w) {
+            const int run = run0 + g + 8 * (r & 1);
+            const int t = 8 * s + q + 4 * (r >> 1);
+            const bool ok = s < ksteps && run < p.rho_c && t < p.k;
+            j = ok ? table_at<kShared>(p.gather_index, run * p.k + t) : -1;
+            w = ok ? table_at<kShared>(p.gather_weight, run * p.k + t) : 0.f;
+        };
+        auto gathered = [&](int j, float w) {
+            float re = 0.f, im = 0.f;
+            if (j >= 0) {
+                re = u[sp(2 * j)] * w;
+                im = u[sp(2 * j) + 1] * w;
+                fold.apply(j, re, im);
             }
-        }
-        uint32_t a[kMaxKSteps][4];
+            return pack_half2(re, im);
+        };
+        uint32_t a[KS][4];
+        if constexpr (kShared) {  // shared tables: no latency to batch, and fewer live registers
 #pragma unroll
-        for (int s = 0; s < kMaxKSteps; ++s) {
+            for (int s = 0; s < KS; ++s) {
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int j = gj[s][r];
-                const float re = j >= 0 ? u[sp(2 * j)] * gw[s][r] : 0.f;
-                const float im = j >= 0 ? u[sp(2 * j) + 1] * gw[s][r] : 0.f;
-                a[s][r] = pack_half2(re, im);
+                for (int r = 0; r < 4; ++r) {
+                    int j;
+                    float w;
+                    bin(s, r, j, w);
+                    a[s][r] = gathered(j, w);
+                }
             }
+        } else {  // every table load in flight before the first use
+            int gj[KS][4];
+            float gw[KS][4];
+#pragma unroll
+            for (int s = 0; s < KS; ++s)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) bin(s, r, gj[s][r], gw[s][r]);
+#pragma unroll
+            for (int s = 0; s < KS; ++s)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) a[s][r] = gathered(gj[s][r], gw[s][r]);
         }
 #pragma unroll 2
-        for (int nt = 0; nt < p.kp / 8; ++nt) {
+        for (int nt = work.nt_begin(item); nt < work.nt_end(item); ++nt) {
             float acc[4] = {0.f, 0.f, 0.f, 0.f};
-            const __half* brow = dft + (nt * 8 + g) * p.kp + 2 * q;
+            const __half* brow = dft + (nt * 8 + g) * pitch + 2 * q;
 #pragma unroll
-            for (int s = 0; s < kMaxKSteps; ++s) {
+            for (int s = 0; s < KS; ++s) {
                 if (s < ksteps) {
                     const uint32_t b0 = *reinterpret_cast<const uint32_t*>(brow + 16 * s);
                     const uint32_t b1 = *reinterpret_cast<const uint32_t*>(brow + 16 * s + 8);
@@ -420,15 +596,17 @@ __device__ inline void block_frame_analysis(const FrameParams& p, const float* u
 // into `runs` (fp32 shared, K floats), barrier, then v_c[j] = sum_s w[s, j] runs[bin[s, j]] into
 // v (fp32 padded shared row, d floats). `zload(i)` returns z[i] as float. kShared: the synthesis
 // tables of p point to shared memory. Ends with a barrier.
-template <bool kShared = false, typename ZLoad>
+template <bool kShared = false, int KS = kMaxKSteps, typename ZLoad>
 __device__ inline void block_frame_synthesis(const FrameParams& p, ZLoad zload, float* runs, float* v,
-                                             const __half* dft_t) {
+                                             const __half* dft_t, bool spread = true, SignFold fold = {}) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    const int g = lane >> 2, q = lane & 3, ksteps = p.kp / 16, two_k = 2 * p.k;
-    for (int run0 = warp * 16; run0 < p.rho_c; run0 += nwarps * 16) {
-        float z[kMaxKSteps][4][2];
+    const int g = lane >> 2, q = lane & 3, ksteps = p.kp / 16, two_k = 2 * p.k, pitch = dft_pitch(p.kp);
+    const DftItems work(p.rho_c, p.kp, nwarps, spread);
+    for (int item = warp; item < work.items; item += nwarps) {
+        const int run0 = work.run0(item);
+        float z[KS][4][2];
 #pragma unroll
-        for (int s = 0; s < kMaxKSteps; ++s) {
+        for (int s = 0; s < KS; ++s) {
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
                 const int run = run0 + g + 8 * (r & 1);
@@ -438,17 +616,17 @@ __device__ inline void block_frame_synthesis(const FrameParams& p, ZLoad zload, 
                 z[s][r][1] = ok ? zload(run * two_k + l + 1) : 0.f;
             }
         }
-        uint32_t a[kMaxKSteps][4];
+        uint32_t a[KS][4];
 #pragma unroll
-        for (int s = 0; s < kMaxKSteps; ++s)
+        for (int s = 0; s < KS; ++s)
 #pragma unroll
             for (int r = 0; r < 4; ++r) a[s][r] = pack_half2(z[s][r][0], z[s][r][1]);
 #pragma unroll 2
-        for (int nt = 0; nt < p.kp / 8; ++nt) {
+        for (int nt = work.nt_begin(item); nt < work.nt_end(item); ++nt) {
             float acc[4] = {0.f, 0.f, 0.f, 0.f};
-            const __half* brow = dft_t + (nt * 8 + g) * p.kp + 2 * q;
+            const __half* brow = dft_t + (nt * 8 + g) * pitch + 2 * q;
 #pragma unroll
-            for (int s = 0; s < kMaxKSteps; ++s) {
+            for (int s = 0; s < KS; ++s) {
                 if (s < ksteps) {
                     const uint32_t b0 = *reinterpret_cast<const uint32_t*>(brow + 16 * s);
                     const uint32_t b1 = *reinterpret_cast<const uint32_t*>(brow + 16 * s + 8);
@@ -486,8 +664,11 @@ __device__ inline void block_frame_synthesis(const FrameParams& p, ZLoad zload, 
         for (int b = 0; b < kBatch; ++b) {
             const int j = base + b * blockDim.x;
             if (j < p.d_c) {
-                v[sp(2 * j)] = w0[b] * runs[2 * b0[b]] + w1[b] * runs[2 * b1[b]];
-                v[sp(2 * j) + 1] = w0[b] * runs[2 * b0[b] + 1] + w1[b] * runs[2 * b1[b] + 1];
+                float re = w0[b] * runs[2 * b0[b]] + w1[b] * runs[2 * b1[b]];
+                float im = w0[b] * runs[2 * b0[b] + 1] + w1[b] * runs[2 * b1[b] + 1];
+                fold.apply(j, re, im);
+                v[sp(2 * j)] = re;
+                v[sp(2 * j) + 1] = im;
             }
         }
     }

@@ -13,7 +13,7 @@ __global__ void __launch_bounds__(kFrameThreads) frame_analysis_kernel(FramePara
                                                                         int64_t rows) {
     extern __shared__ float smem[];
     __half* dft = reinterpret_cast<__half*>(smem);
-    float* u = smem + p.kp * p.kp / 2;
+    float* u = smem + detail::dft_floats(p.kp);
     const int d = p.d(), K = p.num_vectors();
     detail::load_dft(p.dft, dft, p.kp);
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(kFrameThreads) frame_synthesis_kernel(FramePar
     extern __shared__ float smem[];
     __half* dft_t = reinterpret_cast<__half*>(smem);
     const int d = p.d(), K = p.num_vectors();
-    float* runs = smem + p.kp * p.kp / 2;
+    float* runs = smem + detail::dft_floats(p.kp);
     float* v = runs + K;
     detail::load_dft(p.dft_t, dft_t, p.kp);
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(kFrameThreads) frame_synthesis_kernel(FramePar
 template <typename T>
 cudaError_t launch_typed(const FrameParams& p, const void* in, void* out, int64_t rows, bool analysis,
                          cudaStream_t stream) {
-    const size_t table = sizeof(__half) * p.kp * p.kp;
+    const size_t table = sizeof(float) * detail::dft_floats(p.kp);
     if (analysis) {
         const size_t smem = table + sizeof(float) * detail::padded_floats(p.d());
         auto kernel = frame_analysis_kernel<T>;

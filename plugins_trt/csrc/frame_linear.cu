@@ -38,19 +38,21 @@ __host__ __device__ inline int imax(int a, int b) { return a > b ? a : b; }
 __host__ __device__ inline int prologue_floats(const FrameLinearParams& p) {
     const int d = p.in_dim();
     const int tmp = (p.has_rotation_in && p.rotation_in.odd > 1) ? round4(d) : 0;
-    return padded_floats(imax(d, p.matmul.in_features)) + tmp + (p.has_frame_in ? p.frame_in.kp * p.frame_in.kp / 2 : 0);
+    return padded_floats(imax(d, p.matmul.in_features)) + tmp + (p.has_frame_in ? dft_floats(p.frame_in.kp) : 0);
 }
 // Shared floats of the epilogue: runs (frame synthesis, reused as rotation tmp), v, DFT^T table.
 __host__ __device__ inline int epilogue_floats(const FrameLinearParams& p) {
     const int d = p.out_dim();
     return round4(imax(p.matmul.out_features, d)) + padded_floats(d) +
-           (p.has_frame_out ? p.frame_out.kp * p.frame_out.kp / 2 : 0);
+           (p.has_frame_out ? dft_floats(p.frame_out.kp) : 0);
 }
 
 struct PrologueSmem {
     float* u;
     float* tmp;
     __half* dft;
+    const __half* odd_mma = nullptr;  // set by the many-row kernel (block_rotate)
+    bool spread = true;               // DftItems; the many-row kernel clears it
     __device__ PrologueSmem(const FrameLinearParams& p, float* base) {
         const int d = imax(p.in_dim(), p.matmul.in_features);
         u = base;
@@ -63,6 +65,8 @@ struct EpilogueSmem {
     float* runs;
     float* v;
     __half* dft_t;
+    const __half* odd_mma = nullptr;  // set by the many-row kernel (block_rotate)
+    bool spread = true;               // DftItems; the many-row kernel clears it
     __device__ EpilogueSmem(const FrameLinearParams& p, float* base) {
         runs = base;
         v = runs + round4(imax(p.matmul.out_features, p.out_dim()));
@@ -76,22 +80,26 @@ __device__ void prologue_row(const FrameLinearParams& p, const T* x_row, CT* c_r
     __syncthreads();  // the previous row is done with s.u
     load_row(x_row, p.in_dim(), s.u);
     FQ_STAMP(3);
-    if (p.has_rotation_in) block_rotate(p.rotation_in, s.u, s.tmp, true);
+    if (p.has_rotation_in) block_rotate(p.rotation_in, s.u, s.tmp, true, false, s.odd_mma);
     else __syncthreads();
     FQ_STAMP(4);
-    if (p.has_frame_in) block_frame_analysis<CT>(p.frame_in, s.u, c_row, s.dft);
+    if (p.has_frame_in) block_frame_analysis<CT>(p.frame_in, s.u, c_row, s.dft, s.spread);
     else store_row(c_row, p.matmul.in_features, s.u);
     FQ_STAMP(5);
 }
 
 // y_row = R_out T_out z + bias, z[i] = zload(i). The DFT^T table is already in s.dft_t.
-// kShared: the tables of p (synthesis, signs, DCT, bias) point to shared memory.
-template <bool kShared = false, typename ZLoad, typename T>
+// kShared: the synthesis tables, sign bits and DCT of p are in shared memory (bias is not).
+template <bool kShared = false, int KS = kMaxKSteps, typename ZLoad, typename T>
 __device__ void epilogue_row(const FrameLinearParams& p, ZLoad zload, T* y_row, const EpilogueSmem& s) {
     __syncthreads();  // the previous row is done with s.v and s.runs
     const int d = p.out_dim();
+    // Staged tables with both steps: the rotation's signs and scale go with the synthesis.
+    const bool fold = kShared && p.has_frame_out && p.has_rotation_out;
+    SignFold signs;
+    if (fold) signs = {reinterpret_cast<const uint32_t*>(p.rotation_out.signs), rotation_fold_scale(p.rotation_out, false)};
     if (p.has_frame_out) {
-        block_frame_synthesis<kShared>(p.frame_out, zload, s.runs, s.v, s.dft_t);
+        block_frame_synthesis<kShared, KS>(p.frame_out, zload, s.runs, s.v, s.dft_t, s.spread, signs);
         FQ_STAMP(34);
     } else {
         for (int base = threadIdx.x; base < d; base += kBatch * blockDim.x) {
@@ -104,33 +112,54 @@ __device__ void epilogue_row(const FrameLinearParams& p, ZLoad zload, T* y_row, 
         }
         __syncthreads();
     }
-    if (p.has_rotation_out) block_rotate<kShared>(p.rotation_out, s.v, s.runs, false);
+    if (p.has_rotation_out) block_rotate<kShared>(p.rotation_out, s.v, s.runs, false, false, s.odd_mma, fold);
     FQ_STAMP(35);
-    store_row<kShared>(y_row, d, s.v, 1.f, p.bias);
+    store_row(y_row, d, s.v, 1.f, p.bias);
     FQ_STAMP(36);
 }
 
 // ---- the many-row prologue and epilogue kernels ---------------------------------------------
 //
 // Rows in a grid-stride loop, one row at a time per block. Where shared memory allows
-// (kStaged), a block copies the layer's tables (signs, DCT, frame gathers, bias) into shared
+// (kStaged), a block copies the layer's tables (sign bits, DCT, frame gathers) into shared
 // memory once, and the next row's input streams in by cp.async while the current one is
-// transformed: no step of a row then waits on global memory. Otherwise tables and rows are read
-// from global memory (batched loads, common.cuh).
+// transformed: no step of a row then waits on global memory but the epilogue's bias (read
+// through L1; staging it too would leave one 4096-wide epilogue block per SM instead of two).
+// Otherwise tables and rows are read from global memory (batched loads, common.cuh).
 
 // Shared-memory layout (float offsets) of the staged tables and the two row buffers after the
 // prologue's or epilogue's own buffers; `words`: 4-byte words of one buffered row.
 struct RowStage {
-    int signs = 0, dct = 0, idx = 0, weight = 0, bias = 0, buf = 0, words = 0, buf_floats = 0, total = 0;
+    int signs = 0, dct = 0, idx = 0, weight = 0, buf = 0, words = 0, buf_floats = 0, total = 0;
 };
+
+// The many-row kernels mix the odd factor on tensor cores where odd_on_mma; its fp16 table
+// follows the prologue's or epilogue's own buffers (staged or not).
+__host__ __device__ inline int odd_mma_region(bool has, const RotationParams& r) {
+    return has && odd_on_mma(r.power, r.odd) ? round4(odd_mma_floats(r.odd)) : 0;
+}
+__host__ __device__ inline int prologue_rows_floats(const FrameLinearParams& p) {
+    return prologue_floats(p) + odd_mma_region(p.has_rotation_in, p.rotation_in);
+}
+__host__ __device__ inline int epilogue_rows_floats(const FrameLinearParams& p) {
+    return epilogue_floats(p) + odd_mma_region(p.has_rotation_out, p.rotation_out);
+}
+// The table into place (no barrier) and s.odd_mma pointing at it, where the rotation takes it.
+template <typename S>
+__device__ inline void stage_odd_mma(S& s, float* at, bool has, const RotationParams& r, bool transpose) {
+    if (!odd_mma_region(has, r)) return;
+    stage_odd_mma_table(reinterpret_cast<__half*>(at), r.dct, r.odd, transpose);
+    s.odd_mma = reinterpret_cast<const __half*>(at);
+}
 
 __host__ __device__ inline RowStage prologue_stage(const FrameLinearParams& p, int elem_bytes) {
     RowStage r;
-    int at = prologue_floats(p);
+    int at = prologue_rows_floats(p);
     const int d = p.in_dim();
     if (p.has_rotation_in) {
-        r.signs = at, at += round4(d);
-        if (p.rotation_in.odd > 1) r.dct = at, at += round4(p.rotation_in.odd * p.rotation_in.odd);
+        r.signs = at, at += round4((d + 31) / 32);
+        if (p.rotation_in.odd > 1 && !odd_mma_region(true, p.rotation_in))
+            r.dct = at, at += round4(p.rotation_in.odd * p.rotation_in.odd);
     }
     if (p.has_frame_in) {
         const int n = p.frame_in.rho_c * p.frame_in.k;
@@ -146,17 +175,17 @@ __host__ __device__ inline RowStage prologue_stage(const FrameLinearParams& p, i
 
 __host__ __device__ inline RowStage epilogue_stage(const FrameLinearParams& p, int elem_bytes) {
     RowStage r;
-    int at = epilogue_floats(p);
+    int at = epilogue_rows_floats(p);
     const int d = p.out_dim();
     if (p.has_frame_out) {
         r.idx = at, at += round4(2 * p.frame_out.d_c);
         r.weight = at, at += round4(2 * p.frame_out.d_c);
     }
     if (p.has_rotation_out) {
-        r.signs = at, at += round4(d);
-        if (p.rotation_out.odd > 1) r.dct = at, at += round4(p.rotation_out.odd * p.rotation_out.odd);
+        r.signs = at, at += round4((d + 31) / 32);
+        if (p.rotation_out.odd > 1 && !odd_mma_region(true, p.rotation_out))
+            r.dct = at, at += round4(p.rotation_out.odd * p.rotation_out.odd);
     }
-    if (p.bias) r.bias = at, at += round4(d);
     r.words = p.matmul.out_features * elem_bytes / 4;
     r.buf_floats = round4(r.words);
     r.buf = at, at += 2 * r.buf_floats;
@@ -170,11 +199,13 @@ inline bool stageable_rows(const void* base, int64_t len, int64_t stride, int el
            (reinterpret_cast<uintptr_t>(base) & 3) == 0;
 }
 
-template <typename T, bool kStaged>
+template <typename T, bool kStaged, int KS = kMaxKSteps>
 __global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
     prologue_kernel(FrameLinearParams p, const T* __restrict__ x, T* c, int64_t ldc, int64_t rows) {
     extern __shared__ __align__(16) float smem[];
-    const PrologueSmem s(p, smem);
+    PrologueSmem s(p, smem);
+    s.spread = false;
+    stage_odd_mma(s, smem + prologue_floats(p), p.has_rotation_in, p.rotation_in, true);
     const int d = p.in_dim();
     if constexpr (!kStaged) {
         if (p.has_frame_in) load_dft(p.frame_in.dft, s.dft, p.frame_in.kp);
@@ -184,9 +215,9 @@ __global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
         const RowStage st = prologue_stage(p, sizeof(T));
         FrameLinearParams q = p;  // table pointers into shared memory
         if (p.has_rotation_in) {
-            stage_words(smem + st.signs, p.rotation_in.signs, d);
-            q.rotation_in.signs = smem + st.signs;
-            if (p.rotation_in.odd > 1) {
+            stage_sign_bits(reinterpret_cast<uint32_t*>(smem + st.signs), p.rotation_in.signs, d);
+            q.rotation_in.signs = smem + st.signs;  // bits
+            if (st.dct) {
                 stage_words(smem + st.dct, p.rotation_in.dct, p.rotation_in.odd * p.rotation_in.odd);
                 q.rotation_in.dct = smem + st.dct;
             }
@@ -199,6 +230,10 @@ __global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
             q.frame_in.gather_weight = smem + st.weight;
         }
         auto buf = [&](int i) { return smem + st.buf + i * st.buf_floats; };
+        const bool fold = p.has_rotation_in && p.has_frame_in;
+        const SignFold signs = fold ? SignFold{reinterpret_cast<const uint32_t*>(q.rotation_in.signs),
+                                               rotation_fold_scale(p.rotation_in, true)}
+                                    : SignFold{};
         if (blockIdx.x < rows) stage_words(buf(0), x + blockIdx.x * d, st.words);
         cp_async_commit();
         if (p.has_frame_in) load_dft(p.frame_in.dft, s.dft, p.frame_in.kp);
@@ -212,20 +247,23 @@ __global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
             __syncthreads();     // ... for every thread; the previous row is done with s.u
             const T* xr = reinterpret_cast<const T*>(buf(b));
             for (int i = threadIdx.x; i < d; i += blockDim.x) s.u[sp(i)] = to_float(xr[i]);
-            if (p.has_rotation_in) block_rotate<true>(q.rotation_in, s.u, s.tmp, true);
+            // With both steps, the rotation's signs and scale go with the analysis' gathers.
+            if (p.has_rotation_in) block_rotate<true>(q.rotation_in, s.u, s.tmp, true, false, s.odd_mma, fold);
             else __syncthreads();
-            if (p.has_frame_in) block_frame_analysis<T, true>(q.frame_in, s.u, c + row * ldc, s.dft);
+            if (p.has_frame_in) block_frame_analysis<T, true, KS>(q.frame_in, s.u, c + row * ldc, s.dft, false, signs);
             else store_row(c + row * ldc, p.matmul.in_features, s.u);
         }
         cp_async_wait_all();
     }
 }
 
-template <typename T, bool kStaged>
+template <typename T, bool kStaged, int KS = kMaxKSteps>
 __global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
     epilogue_kernel(FrameLinearParams p, const T* __restrict__ z, int64_t ldz, T* y, int64_t rows) {
     extern __shared__ __align__(16) float smem[];
-    const EpilogueSmem s(p, smem);
+    EpilogueSmem s(p, smem);
+    s.spread = false;
+    stage_odd_mma(s, smem + epilogue_floats(p), p.has_rotation_out, p.rotation_out, false);
     const int d = p.out_dim();
     if constexpr (!kStaged) {
         if (p.has_frame_out) load_dft(p.frame_out.dft_t, s.dft_t, p.frame_out.kp);
@@ -243,16 +281,12 @@ __global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
             q.frame_out.synth_weight = smem + st.weight;
         }
         if (p.has_rotation_out) {
-            stage_words(smem + st.signs, p.rotation_out.signs, d);
-            q.rotation_out.signs = smem + st.signs;
-            if (p.rotation_out.odd > 1) {
+            stage_sign_bits(reinterpret_cast<uint32_t*>(smem + st.signs), p.rotation_out.signs, d);
+            q.rotation_out.signs = smem + st.signs;  // bits
+            if (st.dct) {
                 stage_words(smem + st.dct, p.rotation_out.dct, p.rotation_out.odd * p.rotation_out.odd);
                 q.rotation_out.dct = smem + st.dct;
             }
-        }
-        if (p.bias) {
-            stage_words(smem + st.bias, p.bias, d);
-            q.bias = smem + st.bias;
         }
         auto buf = [&](int i) { return smem + st.buf + i * st.buf_floats; };
         if (blockIdx.x < rows) stage_words(buf(0), z + blockIdx.x * ldz, st.words);
@@ -267,7 +301,7 @@ __global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
             cp_async_wait<1>();
             __syncthreads();
             const T* zr = reinterpret_cast<const T*>(buf(b));
-            epilogue_row<true>(q, [zr](int i) { return to_float(zr[i]); }, y + row * d, s);
+            epilogue_row<true, KS>(q, [zr](int i) { return to_float(zr[i]); }, y + row * d, s);
         }
         cp_async_wait_all();
     }
@@ -296,8 +330,10 @@ cudaError_t launch_prologue_typed(const FrameLinearParams& p, const T* x, T* c, 
                                   cudaStream_t stream) {
     const size_t staged = sizeof(float) * prologue_stage(p, sizeof(T)).total;
     const bool ok = stageable_rows(x, p.in_dim(), p.in_dim(), sizeof(T));
-    return launch_rows(prologue_kernel<T, true>, prologue_kernel<T, false>, staged, sizeof(float) * prologue_floats(p),
-                          ok, rows, stream, p, x, c, ldc, rows);
+    // Frames of k <= 32 (most: fq_export prefers 32) take the kernel with 4 k-steps of registers.
+    auto kernel = (!p.has_frame_in || p.frame_in.kp <= 64) ? prologue_kernel<T, true, 4> : prologue_kernel<T, true>;
+    return launch_rows(kernel, prologue_kernel<T, false>, staged, sizeof(float) * prologue_rows_floats(p), ok, rows,
+                       stream, p, x, c, ldc, rows);
 }
 
 template <typename T>
@@ -305,8 +341,9 @@ cudaError_t launch_epilogue_typed(const FrameLinearParams& p, const T* z, int64_
                                   cudaStream_t stream) {
     const size_t staged = sizeof(float) * epilogue_stage(p, sizeof(T)).total;
     const bool ok = stageable_rows(z, p.matmul.out_features, ldz, sizeof(T));
-    return launch_rows(epilogue_kernel<T, true>, epilogue_kernel<T, false>, staged, sizeof(float) * epilogue_floats(p),
-                          ok, rows, stream, p, z, ldz, y, rows);
+    auto kernel = (!p.has_frame_out || p.frame_out.kp <= 64) ? epilogue_kernel<T, true, 4> : epilogue_kernel<T, true>;
+    return launch_rows(kernel, epilogue_kernel<T, false>, staged, sizeof(float) * epilogue_rows_floats(p), ok, rows,
+                       stream, p, z, ldz, y, rows);
 }
 
 // ---- the fused layer -----------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""One call of each kernel path on a random 4096x4096 FrameQuant layer, for Nsight Compute.
+"""One call of a layer path on a random FrameQuant layer, for Nsight Compute.
 
-    ncu --section SpeedOfLight --section WarpStateStats python plugins_trt/tools/profile_kernels.py
+    ncu --clock-control none --section SpeedOfLight --section WarpStateStats \\
+        python plugins_trt/tools/profile_kernels.py --shape 4096x4096 --rows 12608 --path gemm
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -14,11 +16,20 @@ from plugins_trt import harness  # noqa: E402
 
 
 def main():
-    layer = harness.random_frame_layer(4096, 4096).cuda()
-    for rows in (1, 12608):
-        x = torch.randn(rows, 4096, device="cuda", dtype=torch.float16)
-        for fused in ([True, False] if rows <= 16 else [False]):
-            harness.KernelLinear(layer, fused=fused)(x)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="4096x4096", help="INxOUT")
+    parser.add_argument("--rows", default="1,12608", help="comma-separated row counts")
+    parser.add_argument("--path", help="one layer path (default: fused and three-launch where they apply)")
+    args = parser.parse_args()
+    n, m = (int(v) for v in args.shape.split("x"))
+    layer = harness.random_frame_layer(n, m, seed=n + m).cuda()
+    for rows in (int(v) for v in args.rows.split(",")):
+        x = torch.randn(rows, n, device="cuda", dtype=torch.float16)
+        if args.path:
+            harness.KernelLinear(layer, path=args.path)(x)
+        else:
+            for fused in ([True, False] if rows <= 16 else [False]):
+                harness.KernelLinear(layer, fused=fused)(x)
     torch.cuda.synchronize()
 
 
