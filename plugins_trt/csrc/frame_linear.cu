@@ -152,7 +152,8 @@ __device__ inline void stage_odd_mma(S& s, float* at, bool has, const RotationPa
     s.odd_mma = reinterpret_cast<const __half*>(at);
 }
 
-__host__ __device__ inline RowStage prologue_stage(const FrameLinearParams& p, int elem_bytes) {
+// `tables`: the frame tables too (else they stay in global memory, read through L1).
+__host__ __device__ inline RowStage prologue_stage(const FrameLinearParams& p, int elem_bytes, bool tables) {
     RowStage r;
     int at = prologue_rows_floats(p);
     const int d = p.in_dim();
@@ -161,7 +162,7 @@ __host__ __device__ inline RowStage prologue_stage(const FrameLinearParams& p, i
         if (p.rotation_in.odd > 1 && !odd_mma_region(true, p.rotation_in))
             r.dct = at, at += round4(p.rotation_in.odd * p.rotation_in.odd);
     }
-    if (p.has_frame_in) {
+    if (p.has_frame_in && tables) {
         const int n = p.frame_in.rho_c * p.frame_in.k;
         r.idx = at, at += round4(n);
         r.weight = at, at += round4(n);
@@ -173,11 +174,11 @@ __host__ __device__ inline RowStage prologue_stage(const FrameLinearParams& p, i
     return r;
 }
 
-__host__ __device__ inline RowStage epilogue_stage(const FrameLinearParams& p, int elem_bytes) {
+__host__ __device__ inline RowStage epilogue_stage(const FrameLinearParams& p, int elem_bytes, bool tables) {
     RowStage r;
     int at = epilogue_rows_floats(p);
     const int d = p.out_dim();
-    if (p.has_frame_out) {
+    if (p.has_frame_out && tables) {
         r.idx = at, at += round4(2 * p.frame_out.d_c);
         r.weight = at, at += round4(2 * p.frame_out.d_c);
     }
@@ -199,9 +200,9 @@ inline bool stageable_rows(const void* base, int64_t len, int64_t stride, int el
            (reinterpret_cast<uintptr_t>(base) & 3) == 0;
 }
 
-template <typename T, bool kStaged, int KS = kMaxKSteps>
-__global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
-    prologue_kernel(FrameLinearParams p, const T* __restrict__ x, T* c, int64_t ldc, int64_t rows) {
+template <typename T, bool kStaged, int KS = kMaxKSteps, int THREADS = kThreads>
+__global__ void __launch_bounds__(THREADS, kStaged ? 2 * kThreads / THREADS : 1)
+    prologue_kernel(FrameLinearParams p, const T* __restrict__ x, T* c, int64_t ldc, int64_t rows, bool tables) {
     extern __shared__ __align__(16) float smem[];
     PrologueSmem s(p, smem);
     s.spread = false;
@@ -212,7 +213,7 @@ __global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
         for (int64_t row = blockIdx.x; row < rows; row += gridDim.x)
             prologue_row(p, x + row * d, c + row * ldc, s);
     } else {
-        const RowStage st = prologue_stage(p, sizeof(T));
+        const RowStage st = prologue_stage(p, sizeof(T), tables);
         FrameLinearParams q = p;  // table pointers into shared memory
         if (p.has_rotation_in) {
             stage_sign_bits(reinterpret_cast<uint32_t*>(smem + st.signs), p.rotation_in.signs, d);
@@ -222,7 +223,7 @@ __global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
                 q.rotation_in.dct = smem + st.dct;
             }
         }
-        if (p.has_frame_in) {
+        if (st.idx) {
             const int n = p.frame_in.rho_c * p.frame_in.k;
             stage_words(smem + st.idx, p.frame_in.gather_index, n);
             stage_words(smem + st.weight, p.frame_in.gather_weight, n);
@@ -257,9 +258,9 @@ __global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
     }
 }
 
-template <typename T, bool kStaged, int KS = kMaxKSteps>
-__global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
-    epilogue_kernel(FrameLinearParams p, const T* __restrict__ z, int64_t ldz, T* y, int64_t rows) {
+template <typename T, bool kStaged, int KS = kMaxKSteps, int THREADS = kThreads>
+__global__ void __launch_bounds__(THREADS, kStaged ? 2 * kThreads / THREADS : 1)
+    epilogue_kernel(FrameLinearParams p, const T* __restrict__ z, int64_t ldz, T* y, int64_t rows, bool tables) {
     extern __shared__ __align__(16) float smem[];
     EpilogueSmem s(p, smem);
     s.spread = false;
@@ -272,9 +273,9 @@ __global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
             epilogue_row(p, [zr](int i) { return to_float(__ldg(zr + i)); }, y + row * d, s);
         }
     } else {
-        const RowStage st = epilogue_stage(p, sizeof(T));
+        const RowStage st = epilogue_stage(p, sizeof(T), tables);
         FrameLinearParams q = p;  // table pointers into shared memory
-        if (p.has_frame_out) {
+        if (st.idx) {
             stage_words(smem + st.idx, p.frame_out.synth_bin, 2 * p.frame_out.d_c);
             stage_words(smem + st.weight, p.frame_out.synth_weight, 2 * p.frame_out.d_c);
             q.frame_out.synth_bin = reinterpret_cast<const int32_t*>(smem + st.idx);
@@ -307,43 +308,63 @@ __global__ void __launch_bounds__(kThreads, kStaged ? 2 : 1)
     }
 }
 
-// The staged form where the device's shared memory holds it and rows can be copied by words.
-template <typename KStaged, typename KPlain, typename... Args>
-cudaError_t launch_rows(KStaged staged, KPlain plain, size_t staged_bytes, size_t plain_bytes, bool stageable,
-                        int64_t rows, cudaStream_t stream, Args... args) {
-    int device = 0, optin = 0;
+// The staged kernel where the device's shared memory holds it (with the frame tables, else
+// without) and rows can be copied by words; else the plain one. A staged block that leaves room
+// for no second one per SM runs 512 threads instead of 256 (11008-wide rows: the 8 warps of one
+// 256-thread block per SM left it latency-bound). `pick(tables, threads)` gives the staged kernel.
+template <typename Pick, typename KPlain, typename Stage, typename... Args>
+cudaError_t launch_rows(Pick pick, KPlain plain, Stage stage_floats, size_t plain_bytes, bool stageable, int64_t rows,
+                        cudaStream_t stream, Args... args) {
+    int device = 0, optin = 0, per_sm = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    if (stageable && staged_bytes <= static_cast<size_t>(optin) && allow_smem(staged, staged_bytes) == cudaSuccess) {
-        staged<<<row_grid(staged, kThreads, staged_bytes, rows), kThreads, staged_bytes, stream>>>(args...);
+    cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+    for (const bool tables : {true, false}) {
+        const size_t bytes = sizeof(float) * stage_floats(tables);
+        if (!stageable || bytes > static_cast<size_t>(optin)) continue;
+        const bool wide = 2 * (bytes + 1024) > static_cast<size_t>(per_sm);  // one block per SM
+        const int threads = wide ? 2 * kThreads : kThreads;
+        auto kernel = pick(tables, threads);
+        if (allow_smem(kernel, bytes) != cudaSuccess) {
+            cudaGetLastError();  // not sticky; clear it
+            continue;
+        }
+        kernel<<<row_grid(kernel, threads, bytes, rows), threads, bytes, stream>>>(args..., tables);
         return cudaGetLastError();
     }
-    cudaGetLastError();  // a refused attribute is not sticky; clear it
     const cudaError_t err = allow_smem(plain, plain_bytes);
     if (err != cudaSuccess) return err;
-    plain<<<row_grid(plain, kThreads, plain_bytes, rows), kThreads, plain_bytes, stream>>>(args...);
+    plain<<<row_grid(plain, kThreads, plain_bytes, rows), kThreads, plain_bytes, stream>>>(args..., false);
     return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t launch_prologue_typed(const FrameLinearParams& p, const T* x, T* c, int64_t ldc, int64_t rows,
                                   cudaStream_t stream) {
-    const size_t staged = sizeof(float) * prologue_stage(p, sizeof(T)).total;
     const bool ok = stageable_rows(x, p.in_dim(), p.in_dim(), sizeof(T));
     // Frames of k <= 32 (most: fq_export prefers 32) take the kernel with 4 k-steps of registers.
-    auto kernel = (!p.has_frame_in || p.frame_in.kp <= 64) ? prologue_kernel<T, true, 4> : prologue_kernel<T, true>;
-    return launch_rows(kernel, prologue_kernel<T, false>, staged, sizeof(float) * prologue_rows_floats(p), ok, rows,
-                       stream, p, x, c, ldc, rows);
+    const bool ks4 = !p.has_frame_in || p.frame_in.kp <= 64;
+    auto pick = [ks4](bool, int threads) {
+        if (threads == kThreads) return ks4 ? prologue_kernel<T, true, 4> : prologue_kernel<T, true>;
+        return ks4 ? prologue_kernel<T, true, 4, 2 * kThreads> : prologue_kernel<T, true, kMaxKSteps, 2 * kThreads>;
+    };
+    auto stage = [&p](bool tables) { return prologue_stage(p, sizeof(T), tables).total; };
+    return launch_rows(pick, prologue_kernel<T, false>, stage, sizeof(float) * prologue_rows_floats(p), ok, rows, stream,
+                       p, x, c, ldc, rows);
 }
 
 template <typename T>
 cudaError_t launch_epilogue_typed(const FrameLinearParams& p, const T* z, int64_t ldz, T* y, int64_t rows,
                                   cudaStream_t stream) {
-    const size_t staged = sizeof(float) * epilogue_stage(p, sizeof(T)).total;
     const bool ok = stageable_rows(z, p.matmul.out_features, ldz, sizeof(T));
-    auto kernel = (!p.has_frame_out || p.frame_out.kp <= 64) ? epilogue_kernel<T, true, 4> : epilogue_kernel<T, true>;
-    return launch_rows(kernel, epilogue_kernel<T, false>, staged, sizeof(float) * epilogue_rows_floats(p), ok, rows,
-                       stream, p, z, ldz, y, rows);
+    const bool ks4 = !p.has_frame_out || p.frame_out.kp <= 64;
+    auto pick = [ks4](bool, int threads) {
+        if (threads == kThreads) return ks4 ? epilogue_kernel<T, true, 4> : epilogue_kernel<T, true>;
+        return ks4 ? epilogue_kernel<T, true, 4, 2 * kThreads> : epilogue_kernel<T, true, kMaxKSteps, 2 * kThreads>;
+    };
+    auto stage = [&p](bool tables) { return epilogue_stage(p, sizeof(T), tables).total; };
+    return launch_rows(pick, epilogue_kernel<T, false>, stage, sizeof(float) * epilogue_rows_floats(p), ok, rows, stream,
+                       p, z, ldz, y, rows);
 }
 
 // ---- the fused layer -----------------------------------------------------------------------
