@@ -51,6 +51,10 @@ def steps(layer, rows: int, bandwidth: float) -> list[dict]:
         ("frame synthesis", lambda t: harness.frame_transform(t, fo.k, fo.rho, fo.d, False), z, 2 * rows * (k_out + m)),
         ("rotate out", lambda t: harness.hadamard_rotation(t, ro.dim, ro.seed), v, 2 * 2 * rows * m),
     ]
+    if rows >= 64:  # what the FQPackedMatMul TensorRT plugin runs from 64 fp16 rows
+        plan.insert(3, ("packed matmul, cuBLAS form", lambda t: harness.packed_matmul(t, *mt, layer.bits, k_in, k_out,
+                                                                                     gemm=True), c,
+                        2 * rows * (k_in + k_out) + code_bytes))
     out = []
     for name, fn, inputs, nbytes in plan:
         us, how = time_fn(fn, inputs)

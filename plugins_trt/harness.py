@@ -120,16 +120,18 @@ def frame_transform_ref(x: torch.Tensor, k: int, rho: int, d: int, transpose: bo
     return frame.analysis(x) if transpose else frame.synthesis(x)
 
 
-def packed_matmul(x, packed_codes, scale, zero, bits: int, in_features: int, out_features: int) -> torch.Tensor:
+def packed_matmul(x, packed_codes, scale, zero, bits: int, in_features: int, out_features: int,
+                  gemm: bool = False) -> torch.Tensor:
     """``FQPackedMatMul``: ``z = x @ D_hat^T``, ``D_hat = scale * (codes - zero)`` row-wise.
 
     ``x (..., in_features)``; ``packed_codes (out_features, words)`` int32 in the layout of
     ``fq_export.packing``; ``scale``, ``zero`` ``(out_features,)`` fp16. Output
     ``(..., out_features)`` in the dtype of ``x`` (activations enter the tensor cores as fp16;
-    the accumulation is fp32).
+    the accumulation is fp32). ``gemm``: ``D_hat`` decoded to fp16 and one cuBLAS GEMM on
+    K-padded copies (fp16 ``x`` only), what the TensorRT plugin runs from 64 rows.
     """
     tables, ints = _matmul_tables(packed_codes, scale, zero, bits, in_features, out_features)
-    return load_extension().packed_matmul(x.contiguous(), tables, ints)
+    return load_extension().packed_matmul(x.contiguous(), tables, ints, gemm)
 
 
 def packed_matmul_ref(x, packed_codes, scale, zero, bits: int, in_features: int, out_features: int):

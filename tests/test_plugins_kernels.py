@@ -107,6 +107,26 @@ def test_packed_matmul(h, bits, rows, shape):
     check_against(h.packed_matmul(x, *args), ref64, torch16, f"matmul fp32 b={bits} M={rows} {shape}")
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(4500, 4500), (1700, 3366), (512, 1024)])
+def test_packed_matmul_gemm(h, bits, shape):
+    # The cuBLAS form the TensorRT plugin runs from 64 rows: rows copied into K-padded buffers
+    # (4500, 3366, 1700) or used in place (512, 1024), a workspace that held NaN before.
+    out_f, in_f = shape
+    _, packed, scale, zero = random_packed(out_f, in_f, bits)
+    x = torch.randn(3, 111, in_f, device=DEV)
+    args = (packed, scale, zero, bits, in_f, out_f)
+    ref64 = h.packed_matmul_ref(x.double(), *args)
+    torch16 = x.half() @ h.dequantize(*args).T
+    stale = torch.full((32 << 20,), float("nan"), dtype=torch.float16, device=DEV)
+    del stale
+    got = h.packed_matmul(x.half(), *args, gemm=True)
+    assert got.shape == (3, 111, out_f)
+    check_against(got, ref64, torch16, f"matmul gemm b={bits} {shape}")
+    with pytest.raises(RuntimeError, match="float16"):
+        h.packed_matmul(x, *args, gemm=True)
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_dequantize_pins_unpack_codes(h, bits):
     """The CUDA code reader equals fq_export.packing.unpack_codes (exact integers)."""

@@ -142,6 +142,15 @@ size_t frame_linear_gemm_workspace_bytes(const FrameLinearParams& p, int64_t row
 cudaError_t launch_frame_linear_gemm(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
                                      void* workspace, void* cublas_handle, cudaStream_t stream);
 
+// The packed matmul of many fp16 rows on cuBLAS (gemm_cublas.cpp): D_hat decoded to fp16 in the
+// workspace, rows copied into K-padded buffers where K_in or K_out is not a multiple of 64, one
+// cuBLAS GEMM. The FQPackedMatMul plugin takes it from kPackedGemmMinRows rows where the library
+// was built with cuBLAS (H100, 4096x4096 frame layer at 12608 rows: see the README).
+constexpr int64_t kPackedGemmMinRows = 64;
+size_t packed_matmul_gemm_workspace_bytes(const PackedMatMulParams& p, int64_t rows);
+cudaError_t launch_packed_matmul_gemm(const PackedMatMulParams& p, const void* x, void* z, int64_t rows,
+                                      void* workspace, void* cublas_handle, cudaStream_t stream);
+
 // out[i] = (half) in[i]: the plugin's fp32 scale/zero inputs (exact: they are fp16 values).
 cudaError_t launch_half_from_float(const float* in, __half* out, int n, cudaStream_t stream);
 

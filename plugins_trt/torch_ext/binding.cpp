@@ -95,16 +95,26 @@ torch::Tensor frame(torch::Tensor x, std::vector<torch::Tensor> tables, std::vec
     return y;
 }
 
-torch::Tensor packed_matmul(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints) {
+// gemm: the dequantize + cuBLAS form (fp16 only), as the TensorRT plugin runs it for many rows.
+torch::Tensor packed_matmul(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, bool gemm) {
     require_cuda(x, "x");
     auto p = matmul_params(tables, ints);
     TORCH_CHECK(x.size(-1) == p.in_features, "packed matmul expects last axis ", p.in_features);
     auto shape = x.sizes().vec();
     shape.back() = p.out_features;
     auto z = torch::empty(shape, x.options());
-    check(fq::launch_packed_matmul(p, x.data_ptr(), z.data_ptr(), x.numel() / p.in_features, dtype_of(x),
-                                   c10::cuda::getCurrentCUDAStream()),
-          "packed_matmul");
+    const int64_t rows = x.numel() / p.in_features;
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    if (gemm) {
+        TORCH_CHECK(x.scalar_type() == torch::kHalf, "the cuBLAS packed matmul takes float16 activations");
+        auto ws = torch::empty({static_cast<int64_t>(fq::packed_matmul_gemm_workspace_bytes(p, rows))},
+                               x.options().dtype(torch::kUInt8));
+        check(fq::launch_packed_matmul_gemm(p, x.data_ptr(), z.data_ptr(), rows, ws.data_ptr(),
+                                            at::cuda::getCurrentCUDABlasHandle(), stream),
+              "packed_matmul_gemm");
+    } else {
+        check(fq::launch_packed_matmul(p, x.data_ptr(), z.data_ptr(), rows, dtype_of(x), stream), "packed_matmul");
+    }
     return z;
 }
 

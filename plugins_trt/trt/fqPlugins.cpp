@@ -9,6 +9,10 @@
 
 #include "recipe.h"
 
+#ifdef FQ_WITH_CUBLAS
+#include <cublas_v2.h>
+#endif
+
 namespace fq {
 namespace trt {
 
@@ -283,6 +287,49 @@ FQPackedMatMulPlugin::FQPackedMatMulPlugin(std::vector<int32_t> values)
         throw std::invalid_argument("FQPackedMatMul: in_features must be even and positive, out_features positive");
 }
 
+FQPackedMatMulPlugin::~FQPackedMatMulPlugin() {
+#ifdef FQ_WITH_CUBLAS
+    if (cublas_) cublasDestroy(static_cast<cublasHandle_t>(cublas_));
+#endif
+}
+
+bool FQPackedMatMulPlugin::use_gemm(DataType type, int64_t rows) {
+#ifdef FQ_WITH_CUBLAS
+    return type == DataType::kHALF && rows >= kPackedGemmMinRows;
+#else
+    (void)type;
+    (void)rows;
+    return false;
+#endif
+}
+
+PackedMatMulParams FQPackedMatMulPlugin::shape_params() const {
+    PackedMatMulParams p;
+    p.bits = field("bits");
+    p.in_features = field("in_features");
+    p.out_features = field("out_features");
+    p.words_per_row = (p.in_features + 31) / 32 * p.bits;
+    return p;
+}
+
+int32_t FQPackedMatMulPlugin::onShapeChange(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const*,
+                                            int32_t) noexcept {
+#ifdef FQ_WITH_CUBLAS
+    if (nbInputs >= 1 && !cublas_ && use_gemm(in[0].type, leading_rows(in[0].dims))) {
+        cublasHandle_t handle = nullptr;
+        if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+            log_error("FQPackedMatMul: cublasCreate failed");
+            return 1;
+        }
+        cublas_ = handle;
+    }
+#else
+    (void)in;
+    (void)nbInputs;
+#endif
+    return 0;
+}
+
 nvinfer1::IPluginV3* FQPackedMatMulPlugin::clone() noexcept {
     try {
         return new FQPackedMatMulPlugin(*this);
@@ -314,20 +361,24 @@ bool FQPackedMatMulPlugin::supportsFormatCombination(int32_t pos, DynamicPluginT
     }
 }
 
-size_t FQPackedMatMulPlugin::getWorkspaceSize(DynamicPluginTensorDesc const*, int32_t, DynamicPluginTensorDesc const*,
-                                              int32_t) const noexcept {
-    return 2 * sizeof(__half) * static_cast<size_t>(field("out_features")) + 256;
+// Bytes of the fp16 copies of fp32 scale/zero, rounded so that what follows is 256-byte aligned.
+static size_t narrowed_bytes(int64_t out_features) {
+    return (2 * sizeof(__half) * static_cast<size_t>(out_features) + 255) / 256 * 256;
+}
+
+size_t FQPackedMatMulPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+                                              DynamicPluginTensorDesc const*, int32_t) const noexcept {
+    size_t bytes = narrowed_bytes(field("out_features"));
+    if (nbInputs >= 1 && use_gemm(inputs[0].desc.type, leading_rows(inputs[0].max)))
+        bytes += packed_matmul_gemm_workspace_bytes(shape_params(), leading_rows(inputs[0].max));
+    return bytes;
 }
 
 int32_t FQPackedMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*,
                                       void const* const* inputs, void* const* outputs, void* workspace,
                                       cudaStream_t stream) noexcept {
     try {
-        PackedMatMulParams p;
-        p.bits = field("bits");
-        p.in_features = field("in_features");
-        p.out_features = field("out_features");
-        p.words_per_row = (p.in_features + 31) / 32 * p.bits;
+        PackedMatMulParams p = shape_params();
         auto const& codes = inputDesc[1].dims;
         if (codes.nbDims != 2 || codes.d[0] != p.out_features || codes.d[1] != p.words_per_row)
             throw std::invalid_argument("packed_codes must have shape (out_features, ceil(in_features/32)*bits)");
@@ -345,8 +396,16 @@ int32_t FQPackedMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginT
             p.scale = static_cast<__half const*>(inputs[2]);
             p.zero = static_cast<__half const*>(inputs[3]);
         }
-        const cudaError_t err = launch_packed_matmul(p, inputs[0], outputs[0], leading_rows(inputDesc[0].dims),
-                                                     dtype_of(inputDesc[0].type), stream);
+        const int64_t rows = leading_rows(inputDesc[0].dims);
+        cudaError_t err;
+        if (use_gemm(inputDesc[0].type, rows)) {
+            if (!cublas_) throw std::runtime_error("no cuBLAS handle (onShapeChange did not run)");
+            err = launch_packed_matmul_gemm(p, inputs[0], outputs[0], rows,
+                                            static_cast<char*>(workspace) + narrowed_bytes(p.out_features), cublas_,
+                                            stream);
+        } else {
+            err = launch_packed_matmul(p, inputs[0], outputs[0], rows, dtype_of(inputDesc[0].type), stream);
+        }
         if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
         return 0;
     } catch (std::exception const& e) {

@@ -118,11 +118,19 @@ private:
     FrameParams params_{};
 };
 
+// Built with cuBLAS (FQ_WITH_CUBLAS), fp16 inputs of kPackedGemmMinRows rows or more take
+// launch_packed_matmul_gemm (D_hat decoded into the workspace, one cuBLAS GEMM) on a cuBLAS handle
+// of the plugin's own, made in onShapeChange (never inside a captured enqueue); a clone makes its own.
 class FQPackedMatMulPlugin : public FQPluginBase {
 public:
     explicit FQPackedMatMulPlugin(std::vector<int32_t> values);
+    FQPackedMatMulPlugin(FQPackedMatMulPlugin const& other) : FQPluginBase(other) {}
+    FQPackedMatMulPlugin& operator=(FQPackedMatMulPlugin const&) = delete;
+    ~FQPackedMatMulPlugin() override;
     char const* getPluginName() const noexcept override { return "FQPackedMatMul"; }
     nvinfer1::IPluginV3* clone() noexcept override;
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
+                          int32_t nbOutputs) noexcept override;
     int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
                             int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
                             nvinfer1::IExprBuilder& exprBuilder) noexcept override;
@@ -134,6 +142,12 @@ public:
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
                     void const* const* inputs, void* const* outputs, void* workspace,
                     cudaStream_t stream) noexcept override;
+
+private:
+    // Whether `rows` rows of `type` go to cuBLAS (always false without cuBLAS).
+    static bool use_gemm(nvinfer1::DataType type, int64_t rows);
+    PackedMatMulParams shape_params() const;
+    void* cublas_ = nullptr;  // cublasHandle_t
 };
 
 // One creator per plugin: field names with defaults, createPlugin for the parser's fields
