@@ -308,13 +308,39 @@ __global__ void __launch_bounds__(THREADS, kStaged ? 2 * kThreads / THREADS : 1)
     }
 }
 
+// Threads of a staged block for rows of d values: narrow rows take 64 so that they do not leave
+// most warps of a block idle at every barrier (768: 48 Walsh-Hadamard cosets, 14 frame blocks).
+// H100, 12608 rows: the 768x768 gemm layer 595 -> 344 us. With 128 threads for 3072-wide rows
+// as well, the 768x3072 layer went 1178 -> 1222 us (its 768-wide prologue at 64 included), so
+// rows wider than 1024 keep 256.
+inline int row_threads(int d) { return d <= 1024 ? 64 : kThreads; }
+
+// The staged kernel instance for (k-steps of registers, threads).
+template <typename T> auto prologue_instance(bool ks4, int threads) {
+    switch (threads) {
+        case 64: return ks4 ? prologue_kernel<T, true, 4, 64> : prologue_kernel<T, true, kMaxKSteps, 64>;
+        case 2 * kThreads:
+            return ks4 ? prologue_kernel<T, true, 4, 2 * kThreads> : prologue_kernel<T, true, kMaxKSteps, 2 * kThreads>;
+        default: return ks4 ? prologue_kernel<T, true, 4> : prologue_kernel<T, true>;
+    }
+}
+template <typename T> auto epilogue_instance(bool ks4, int threads) {
+    switch (threads) {
+        case 64: return ks4 ? epilogue_kernel<T, true, 4, 64> : epilogue_kernel<T, true, kMaxKSteps, 64>;
+        case 2 * kThreads:
+            return ks4 ? epilogue_kernel<T, true, 4, 2 * kThreads> : epilogue_kernel<T, true, kMaxKSteps, 2 * kThreads>;
+        default: return ks4 ? epilogue_kernel<T, true, 4> : epilogue_kernel<T, true>;
+    }
+}
+
 // The staged kernel where the device's shared memory holds it (with the frame tables, else
-// without) and rows can be copied by words; else the plain one. A staged block that leaves room
-// for no second one per SM runs 512 threads instead of 256 (11008-wide rows: the 8 warps of one
-// 256-thread block per SM left it latency-bound). `pick(tables, threads)` gives the staged kernel.
+// without) and rows can be copied by words; else the plain one. Staged blocks run `threads`
+// threads (row_threads), except that a block that leaves room for no second one per SM runs 512
+// (11008-wide rows: the 8 warps of one 256-thread block per SM left it latency-bound).
+// `pick(tables, threads)` gives the staged kernel.
 template <typename Pick, typename KPlain, typename Stage, typename... Args>
-cudaError_t launch_rows(Pick pick, KPlain plain, Stage stage_floats, size_t plain_bytes, bool stageable, int64_t rows,
-                        cudaStream_t stream, Args... args) {
+cudaError_t launch_rows(Pick pick, KPlain plain, Stage stage_floats, size_t plain_bytes, bool stageable, int threads,
+                        int64_t rows, cudaStream_t stream, Args... args) {
     int device = 0, optin = 0, per_sm = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
@@ -323,13 +349,13 @@ cudaError_t launch_rows(Pick pick, KPlain plain, Stage stage_floats, size_t plai
         const size_t bytes = sizeof(float) * stage_floats(tables);
         if (!stageable || bytes > static_cast<size_t>(optin)) continue;
         const bool wide = 2 * (bytes + 1024) > static_cast<size_t>(per_sm);  // one block per SM
-        const int threads = wide ? 2 * kThreads : kThreads;
-        auto kernel = pick(tables, threads);
+        const int block = wide ? 2 * kThreads : threads;
+        auto kernel = pick(tables, block);
         if (allow_smem(kernel, bytes) != cudaSuccess) {
             cudaGetLastError();  // not sticky; clear it
             continue;
         }
-        kernel<<<row_grid(kernel, threads, bytes, rows), threads, bytes, stream>>>(args..., tables);
+        kernel<<<row_grid(kernel, block, bytes, rows), block, bytes, stream>>>(args..., tables);
         return cudaGetLastError();
     }
     const cudaError_t err = allow_smem(plain, plain_bytes);
@@ -344,13 +370,10 @@ cudaError_t launch_prologue_typed(const FrameLinearParams& p, const T* x, T* c, 
     const bool ok = stageable_rows(x, p.in_dim(), p.in_dim(), sizeof(T));
     // Frames of k <= 32 (most: fq_export prefers 32) take the kernel with 4 k-steps of registers.
     const bool ks4 = !p.has_frame_in || p.frame_in.kp <= 64;
-    auto pick = [ks4](bool, int threads) {
-        if (threads == kThreads) return ks4 ? prologue_kernel<T, true, 4> : prologue_kernel<T, true>;
-        return ks4 ? prologue_kernel<T, true, 4, 2 * kThreads> : prologue_kernel<T, true, kMaxKSteps, 2 * kThreads>;
-    };
+    auto pick = [ks4](bool, int threads) { return prologue_instance<T>(ks4, threads); };
     auto stage = [&p](bool tables) { return prologue_stage(p, sizeof(T), tables).total; };
-    return launch_rows(pick, prologue_kernel<T, false>, stage, sizeof(float) * prologue_rows_floats(p), ok, rows, stream,
-                       p, x, c, ldc, rows);
+    return launch_rows(pick, prologue_kernel<T, false>, stage, sizeof(float) * prologue_rows_floats(p), ok,
+                       row_threads(p.in_dim()), rows, stream, p, x, c, ldc, rows);
 }
 
 template <typename T>
@@ -358,13 +381,10 @@ cudaError_t launch_epilogue_typed(const FrameLinearParams& p, const T* z, int64_
                                   cudaStream_t stream) {
     const bool ok = stageable_rows(z, p.matmul.out_features, ldz, sizeof(T));
     const bool ks4 = !p.has_frame_out || p.frame_out.kp <= 64;
-    auto pick = [ks4](bool, int threads) {
-        if (threads == kThreads) return ks4 ? epilogue_kernel<T, true, 4> : epilogue_kernel<T, true>;
-        return ks4 ? epilogue_kernel<T, true, 4, 2 * kThreads> : epilogue_kernel<T, true, kMaxKSteps, 2 * kThreads>;
-    };
+    auto pick = [ks4](bool, int threads) { return epilogue_instance<T>(ks4, threads); };
     auto stage = [&p](bool tables) { return epilogue_stage(p, sizeof(T), tables).total; };
-    return launch_rows(pick, epilogue_kernel<T, false>, stage, sizeof(float) * epilogue_rows_floats(p), ok, rows, stream,
-                       p, z, ldz, y, rows);
+    return launch_rows(pick, epilogue_kernel<T, false>, stage, sizeof(float) * epilogue_rows_floats(p), ok,
+                       row_threads(p.out_dim()), rows, stream, p, z, ldz, y, rows);
 }
 
 // ---- the fused layer -----------------------------------------------------------------------
