@@ -35,6 +35,25 @@ __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], uint32
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// One 16 x 8 output tile of A B: acc = sum over k-steps s < ksteps of mma16816 with A fragments
+// a[s] and B from a shared-memory table whose row n (halves `pitch` apart) holds output column n
+// along k; `nt` picks output columns 8 nt .. 8 nt + 7.
+template <int KS>
+__device__ __forceinline__ void mma_tile(float acc[4], const uint32_t (&a)[KS][4], const __half* table, int pitch, int nt,
+                                         int ksteps) {
+    const int lane = threadIdx.x & 31;
+    const __half* brow = table + (nt * 8 + (lane >> 2)) * pitch + 2 * (lane & 3);
+    acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
+#pragma unroll
+    for (int s = 0; s < KS; ++s) {
+        if (s < ksteps) {
+            const uint32_t b0 = *reinterpret_cast<const uint32_t*>(brow + 16 * s);
+            const uint32_t b1 = *reinterpret_cast<const uint32_t*>(brow + 16 * s + 8);
+            mma16816(acc, a[s], b0, b1);
+        }
+    }
+}
+
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
     uint32_t r;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
@@ -386,16 +405,8 @@ __device__ inline void block_odd_mix_mma(float* x, float* tmp, int power, int od
             }
         }
         for (int nt = 0; nt < pad / 8; ++nt) {
-            float acc[4] = {0.f, 0.f, 0.f, 0.f};
-            const __half* brow = b + (nt * 8 + g) * pitch + 2 * q;
-#pragma unroll
-            for (int s = 0; s < kOddMmaMax / 16; ++s) {
-                if (s < ksteps) {
-                    const uint32_t b0 = *reinterpret_cast<const uint32_t*>(brow + 16 * s);
-                    const uint32_t b1 = *reinterpret_cast<const uint32_t*>(brow + 16 * s + 8);
-                    mma16816(acc, a[s], b0, b1);
-                }
-            }
+            float acc[4];
+            mma_tile(acc, a, b, pitch, nt, ksteps);
             const int col = nt * 8 + 2 * q;
             if (col < odd) {
                 tmp[i0 * odd + col] = acc[0];
@@ -566,16 +577,8 @@ __device__ inline void block_frame_analysis(const FrameParams& p, const float* u
         }
 #pragma unroll 2
         for (int nt = work.nt_begin(item); nt < work.nt_end(item); ++nt) {
-            float acc[4] = {0.f, 0.f, 0.f, 0.f};
-            const __half* brow = dft + (nt * 8 + g) * pitch + 2 * q;
-#pragma unroll
-            for (int s = 0; s < KS; ++s) {
-                if (s < ksteps) {
-                    const uint32_t b0 = *reinterpret_cast<const uint32_t*>(brow + 16 * s);
-                    const uint32_t b1 = *reinterpret_cast<const uint32_t*>(brow + 16 * s + 8);
-                    mma16816(acc, a[s], b0, b1);
-                }
-            }
+            float acc[4];
+            mma_tile(acc, a, dft, pitch, nt, ksteps);
             const int col = nt * 8 + 2 * q;
             if (col < two_k) {
                 const int r0 = run0 + g, r1 = run0 + g + 8;
@@ -623,16 +626,8 @@ __device__ inline void block_frame_synthesis(const FrameParams& p, ZLoad zload, 
             for (int r = 0; r < 4; ++r) a[s][r] = pack_half2(z[s][r][0], z[s][r][1]);
 #pragma unroll 2
         for (int nt = work.nt_begin(item); nt < work.nt_end(item); ++nt) {
-            float acc[4] = {0.f, 0.f, 0.f, 0.f};
-            const __half* brow = dft_t + (nt * 8 + g) * pitch + 2 * q;
-#pragma unroll
-            for (int s = 0; s < KS; ++s) {
-                if (s < ksteps) {
-                    const uint32_t b0 = *reinterpret_cast<const uint32_t*>(brow + 16 * s);
-                    const uint32_t b1 = *reinterpret_cast<const uint32_t*>(brow + 16 * s + 8);
-                    mma16816(acc, a[s], b0, b1);
-                }
-            }
+            float acc[4];
+            mma_tile(acc, a, dft_t, pitch, nt, ksteps);
             const int col = nt * 8 + 2 * q;
             if (col < two_k) {
                 const int r0 = run0 + g, r1 = run0 + g + 8;
