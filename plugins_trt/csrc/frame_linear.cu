@@ -337,7 +337,7 @@ template <typename T> auto epilogue_instance(bool ks4, int threads) {
 // without) and rows can be copied by words; else the plain one. Staged blocks run `threads`
 // threads (row_threads), except that a block that leaves room for no second one per SM runs 512
 // (11008-wide rows: the 8 warps of one 256-thread block per SM left it latency-bound).
-// `pick(tables, threads)` gives the staged kernel.
+// `pick(threads)` gives the staged kernel (one kernel serves with and without staged tables).
 template <typename Pick, typename KPlain, typename Stage, typename... Args>
 cudaError_t launch_rows(Pick pick, KPlain plain, Stage stage_floats, size_t plain_bytes, bool stageable, int threads,
                         int64_t rows, cudaStream_t stream, Args... args) {
@@ -350,7 +350,7 @@ cudaError_t launch_rows(Pick pick, KPlain plain, Stage stage_floats, size_t plai
         if (!stageable || bytes > static_cast<size_t>(optin)) continue;
         const bool wide = 2 * (bytes + 1024) > static_cast<size_t>(per_sm);  // one block per SM
         const int block = wide ? 2 * kThreads : threads;
-        auto kernel = pick(tables, block);
+        auto kernel = pick(block);
         if (allow_smem(kernel, bytes) != cudaSuccess) {
             cudaGetLastError();  // not sticky; clear it
             continue;
@@ -370,7 +370,7 @@ cudaError_t launch_prologue_typed(const FrameLinearParams& p, const T* x, T* c, 
     const bool ok = stageable_rows(x, p.in_dim(), p.in_dim(), sizeof(T));
     // Frames of k <= 32 (most: fq_export prefers 32) take the kernel with 4 k-steps of registers.
     const bool ks4 = !p.has_frame_in || p.frame_in.kp <= 64;
-    auto pick = [ks4](bool, int threads) { return prologue_instance<T>(ks4, threads); };
+    auto pick = [ks4](int threads) { return prologue_instance<T>(ks4, threads); };
     auto stage = [&p](bool tables) { return prologue_stage(p, sizeof(T), tables).total; };
     return launch_rows(pick, prologue_kernel<T, false>, stage, sizeof(float) * prologue_rows_floats(p), ok,
                        row_threads(p.in_dim()), rows, stream, p, x, c, ldc, rows);
@@ -381,7 +381,7 @@ cudaError_t launch_epilogue_typed(const FrameLinearParams& p, const T* z, int64_
                                   cudaStream_t stream) {
     const bool ok = stageable_rows(z, p.matmul.out_features, ldz, sizeof(T));
     const bool ks4 = !p.has_frame_out || p.frame_out.kp <= 64;
-    auto pick = [ks4](bool, int threads) { return epilogue_instance<T>(ks4, threads); };
+    auto pick = [ks4](int threads) { return epilogue_instance<T>(ks4, threads); };
     auto stage = [&p](bool tables) { return epilogue_stage(p, sizeof(T), tables).total; };
     return launch_rows(pick, epilogue_kernel<T, false>, stage, sizeof(float) * epilogue_rows_floats(p), ok,
                        row_threads(p.out_dim()), rows, stream, p, z, ldz, y, rows);
