@@ -76,6 +76,11 @@ def steps(layer, rows: int, bandwidth: float) -> list[dict]:
         out.append({"step": "gemm layer (prologue, dequantize, cuBLAS, epilogue)", "us": us})
         for name, k_us in kernel_breakdown(gemm, x[0]):
             out.append({"step": f"  in the gemm layer: {name}", "us": k_us})
+        dense = harness.KernelLinear(layer, path="dense")
+        us, _ = time_fn(dense, x)
+        out.append({"step": "dense layer (effective weight built, one cuBLASLt GEMM)", "us": us})
+        for name, k_us in kernel_breakdown(dense, x[0]):
+            out.append({"step": f"  in the dense layer: {name}", "us": k_us})
     if rows <= 16:
         fused = harness.KernelLinear(layer, fused=True)
         us, _ = time_fn(fused, x)
@@ -85,7 +90,7 @@ def steps(layer, rows: int, bandwidth: float) -> list[dict]:
 
 def short_name(name: str) -> str:
     """A kernel's name without namespaces, template arguments and parameters."""
-    for key in ("prologue_kernel", "epilogue_kernel", "dequantize", "memset", "Memset"):
+    for key in ("prologue_kernel", "epilogue_kernel", "transpose_kernel", "dequantize", "memset", "Memset"):
         if key in name:
             return key.lower() if key != "dequantize" else "dequantize_words_kernel"
     return name.split("(")[0].split("<")[0][-60:]

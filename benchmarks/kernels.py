@@ -5,8 +5,9 @@ For each shape (in_features x out_features) and row count M, the layer's kernel 
 the decode kernel; the cooperative kernel from 2 rows, whose time is also shown on its own as
 ``coop``; at M <= 8 also the ``split`` (spread decode) and ``decode`` (one-block epilogue) kernels
 on their own), ``kernels`` (three launches: prologue, packed
-matmul, epilogue), ``gemm`` (prologue, D_hat decoded to fp16, cuBLAS, epilogue; M >= 197), and
-cuBLAS fp16 on the dense weight (``torch.matmul``). At M = 1 also the bytes the fused layer must
+matmul, epilogue), ``gemm`` (prologue, D_hat decoded to fp16, cuBLAS, epilogue; M >= 197),
+``dense`` (the effective weight P_out D_hat P_in^T built from the codes in a workspace, then one
+cuBLASLt GEMM with the bias in its epilogue; M >= 197), and cuBLAS fp16 on the dense weight (``torch.matmul``). At M = 1 also the bytes the fused layer must
 move and the fraction of the measured device-to-device copy bandwidth that this amounts to
 (percent of the memory roofline).
 
@@ -124,7 +125,7 @@ def copies_for(nbytes: int, l2_bytes: int, cap: int = 256) -> int:
 
 def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy, l2_bytes):
     layer = harness.random_frame_layer(in_f, out_f, bits=bits, redundancy=redundancy, seed=in_f * 7 + out_f).cuda()
-    kls = {path: harness.KernelLinear(layer, path=path) for path in ("fused", "kernels", "gemm", "cooperative", "split", "decode")}
+    kls = {path: harness.KernelLinear(layer, path=path) for path in ("fused", "kernels", "gemm", "dense", "cooperative", "split", "decode")}
     weight = torch.randn(out_f, in_f, device="cuda", dtype=torch.float16) / in_f**0.5
     k_out, k_in = layer.frame_shape
     cold = None
@@ -155,7 +156,8 @@ def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy, l2_bytes):
             row["fused_cold_us"], _ = time_fn(lambda x, kl: kl(x), inputs, calls=len(fused_kls), weights=fused_kls)
         if rows >= 197:
             row["gemm_us"], row["gemm_timing"] = time_fn(kls["gemm"], inputs)
-        best = min([row.get(key, float("inf")) for key in ("fused_us", "coop_us", "split_us", "decode_us", "gemm_us")]
+            row["dense_us"], row["dense_timing"] = time_fn(kls["dense"], inputs)
+        best = min([row.get(key, float("inf")) for key in ("fused_us", "coop_us", "split_us", "decode_us", "gemm_us", "dense_us")]
                    + [row["kernels_us"]])
         row["best_us"] = best
         row["speedup_vs_cublas"] = row["cublas_fp16_us"] / best
@@ -179,7 +181,7 @@ def _format(r) -> str:
     return (f"{r['in_features']:>5}x{r['out_features']:<5} M={r['M']:<6} fused {f('fused_us')} split {f('split_us')}"
             f" decode {f('decode_us')} coop {f('coop_us')}"
             f" kernels {f('kernels_us')}"
-            f" gemm {f('gemm_us')} cuBLAS {f('cublas_fp16_us')} best x{r['speedup_vs_cublas']:5.2f} | cold: fused "
+            f" gemm {f('gemm_us')} dense {f('dense_us')} cuBLAS {f('cublas_fp16_us')} best x{r['speedup_vs_cublas']:5.2f} | cold: fused "
             f"{f('fused_cold_us')} cuBLAS {f('cublas_cold_us')} {cold} roofline {roof}")
 
 

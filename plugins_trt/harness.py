@@ -48,7 +48,7 @@ def load_extension(verbose: bool = False):
                  *KERNEL_SOURCES],
         extra_include_paths=[str(CSRC)],
         extra_cflags=["-O3", *trace],
-        extra_ldflags=["-lcublas"],
+        extra_ldflags=["-lcublas", "-lcublasLt"],
         extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo", *trace],
         verbose=verbose,
     )
@@ -148,8 +148,21 @@ def dequantize(packed_codes, scale, zero, bits: int, in_features: int, out_featu
 
 # ---- a whole FrameQuant layer -------------------------------------------------------------
 
-PATHS = {"fused": 1, "kernels": 2, "gemm": 3, "decode": 4, "cooperative": 5, "split": 6}
+PATHS = {"fused": 1, "kernels": 2, "gemm": 3, "decode": 4, "cooperative": 5, "split": 6, "dense": 7}
 GEMM_MIN_ROWS = 64
+
+
+def dense_min_rows(in_features: int, out_features: int, k_out: int) -> int:
+    """Rows from which the dense form beats the gemm path (automatic choice).
+
+    The gemm path transforms every row twice (n and m values); the dense form transforms the
+    weight once: K_out rows of n values and n rows of m values, whatever the row count. With a
+    transform's cost taken as proportional to its width, the two balance at
+    n (K_out + m) / (n + m) rows (H100 crossovers: see the README).
+    """
+    n, m = in_features, out_features
+    return -(-n * (k_out + m) // (n + m))
+
 # The automatic choice (H100 timings of benchmarks/kernels.py): the single-launch layer for one
 # token (the spread decode kernel for layers wider than 4096, else the decode kernel), the three launches from 2 rows (faster there than either single-launch
 # kernel), the cuBLAS path from GEMM_MIN_ROWS fp16 rows.
@@ -164,8 +177,10 @@ class KernelLinear(nn.Module):
     ``"decode"`` kernel where the layer fits it, else the ``"cooperative"`` kernel; all three can
     also be asked for by name, split and decode up to ``decode_max_rows`` rows), ``"kernels"``
     (three launches: prologue, packed matmul, epilogue), ``"gemm"`` (prologue, D_hat decoded to
-    fp16, cuBLAS, epilogue; fp16 only) or ``None``: fused up to ``FUSED_AUTO_ROWS`` rows, gemm from
-    ``GEMM_MIN_ROWS`` fp16 rows, kernels otherwise. ``fused=True/False`` is shorthand for
+    fp16, cuBLAS, epilogue; fp16 only), ``"dense"`` (the effective weight ``P_out D_hat P_in^T``
+    built in a workspace by transforming the weight's rows, then one cuBLASLt GEMM with the bias;
+    fp16 only) or ``None``: fused up to ``FUSED_AUTO_ROWS`` rows, from ``GEMM_MIN_ROWS`` fp16 rows
+    gemm, or dense from ``dense_min_rows`` rows, kernels otherwise. ``fused=True/False`` is shorthand for
     ``path="fused"/"kernels"``.
 
     Shapes and dense equivalent as ``FrameQuantLinear``: ``y = x @ (P_out D_hat P_in^T).T + b``.
@@ -181,6 +196,7 @@ class KernelLinear(nn.Module):
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self._barrier = None
         self._tables = None
+        self.last_path: str | None = None  # the path the last call took
 
     def tables(self, device):
         if self._tables is None or self._tables[0] != str(device):
@@ -220,11 +236,22 @@ class KernelLinear(nn.Module):
             if rows <= FUSED_AUTO_ROWS:
                 path = "fused"
             else:
-                path = "gemm" if dtype == torch.float16 and rows >= GEMM_MIN_ROWS else "kernels"
+                if dtype != torch.float16 or rows < GEMM_MIN_ROWS:
+                    path = "kernels"
+                else:
+                    dense = dense_min_rows(self.in_features, self.out_features, self.layer.frame_shape[0])
+                    path = "dense" if rows >= dense else "gemm"
         if self._barrier is None or self._barrier.device != x.device:
             self._barrier = torch.zeros(1, dtype=torch.int32, device=x.device)
+        self.last_path = path
         y = ext.frame_linear(x.to(dtype).contiguous(), tables, ints, PATHS[path], self._barrier)
         return y.to(x.dtype)
+
+
+def effective_weight(layer: FrameQuantLinear, device="cuda") -> torch.Tensor:
+    """``W = P_out D_hat P_in^T`` (``out x in``, fp16) as the dense path builds it on the GPU."""
+    tables, ints = KernelLinear(layer).tables(torch.device(device))
+    return load_extension().effective_weight(tables, ints).T
 
 
 def frame_linear(x: torch.Tensor, layer: FrameQuantLinear, fused: bool | None = None,

@@ -176,7 +176,7 @@ def layer_forward(layer, x, dtype):
 
 def layer_paths(rows, gemm=True, split=True):
     """Every layer path that takes ``rows`` rows (``split``: the layer has both rotations and frames)."""
-    return (["kernels"] + (["gemm"] if gemm else []) + (["fused", "cooperative"] if rows <= 16 else [])
+    return (["kernels"] + (["gemm", "dense"] if gemm else []) + (["fused", "cooperative"] if rows <= 16 else [])
             + (["decode"] if rows <= 8 else []) + (["split"] if rows <= 8 and split else []))
 
 
@@ -256,22 +256,76 @@ def test_many_rows_per_block(h, shape, bias, rotate, frames):
     rows = 1500 if in_f * out_f < 4e6 else 900
     x = torch.randn(rows, in_f, device=DEV)
     ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
-    for path in ("kernels", "gemm"):
+    for path in ("kernels", "gemm", "dense"):
         check_against(h.frame_linear(x.half(), layer, path=path), ref64, torch16, f"{shape} M={rows} {path}")
     check_against(h.frame_linear(x, layer, path="kernels"), ref64, torch16, f"fp32 {shape} M={rows}")
 
 
-def test_gemm_path_padding_is_zeroed(h):
+@pytest.mark.parametrize("path", ["gemm", "dense"])
+def test_gemm_path_padding_is_zeroed(h, path):
     # The GEMM runs on K rounded up to 64 with zero padding; a workspace that held NaN before
-    # (the caching allocator hands the same memory back) must not leak into the output.
+    # (the caching allocator hands the same memory back) must not leak into the output. The dense
+    # path writes every value of its workspace buffers before reading it.
     layer = random_layer(4096, 4096, seed=3).to(DEV)
     assert layer.frame_shape[1] % 64 != 0
     x = torch.randn(300, 4096, device=DEV)
     stale = torch.full((64 << 20,), float("nan"), dtype=torch.float16, device=DEV)
     del stale
-    out = h.frame_linear(x.half(), layer, path="gemm")
+    out = h.frame_linear(x.half(), layer, path=path)
     ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
-    check_against(out, ref64, torch16, "gemm after a NaN workspace")
+    check_against(out, ref64, torch16, f"{path} after a NaN workspace")
+
+
+def dense_weight16(layer):
+    """P_out D_hat P_in^T with fq_export's operators in fp16 on the GPU (PyTorch's own rounding)."""
+    d_hat = layer._dequantized.half()
+    left = layer.out_basis.from_frame(d_hat.T).T
+    return layer.in_basis.from_frame(left)
+
+
+@pytest.mark.parametrize("shape,rotate,frames", [((768, 3072), True, True), ((3072, 768), True, True),
+                                                 ((4096, 4096), True, True), ((768, 768), False, True),
+                                                 ((768, 768), True, False), ((384, 1536), False, False),
+                                                 ((97, 130), False, False)])
+def test_effective_weight(h, shape, rotate, frames):
+    # The dense path's weight, built on the GPU by transforming the weight's rows, against
+    # FrameQuantLinear.dense_weight (float64, dense frame and rotation operators).
+    in_f, out_f = shape
+    layer = random_layer(in_f, out_f, seed=in_f + 2 * out_f, rotate=rotate, frames=frames).to(DEV)
+    w = h.effective_weight(layer)
+    assert w.shape == (out_f, in_f) and w.dtype == torch.float16
+    check_against(w, layer.dense_weight().to(DEV), dense_weight16(layer), f"effective weight {shape}")
+
+
+def test_dense_path_refuses_fp32(h):
+    layer = random_layer(768, 768).to(DEV)
+    with pytest.raises(RuntimeError, match="float16"):
+        h.frame_linear(torch.randn(300, 768, device=DEV), layer, path="dense")
+
+
+def test_auto_path_takes_dense_for_many_rows(h, monkeypatch):
+    # From dense_min_rows rows the automatic choice is the dense form, below it the gemm path.
+    layer = random_layer(768, 3072, seed=5).to(DEV)
+    taken = []
+    ext = h.load_extension()
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(ext, name)
+
+        def frame_linear(self, x, tables, ints, path, barrier):
+            taken.append(path)
+            return ext.frame_linear(x, tables, ints, path, barrier)
+
+    monkeypatch.setattr(h, "load_extension", lambda: Spy())
+    kl = h.KernelLinear(layer)
+    rows_dense = h.dense_min_rows(768, 3072, layer.frame_shape[0])
+    assert 768 < rows_dense < 3072
+    for rows in (rows_dense - 1, rows_dense):
+        x = torch.randn(rows, 768, device=DEV)
+        ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
+        check_against(kl(x.half()), ref64, torch16, f"auto M={rows}")
+    assert taken == [h.PATHS["gemm"], h.PATHS["dense"]]
 
 MINILM_LAYERS = os.environ.get("FQ_MINILM_LAYERS", "")
 

@@ -142,6 +142,22 @@ size_t frame_linear_gemm_workspace_bytes(const FrameLinearParams& p, int64_t row
 cudaError_t launch_frame_linear_gemm(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
                                      void* workspace, void* cublas_handle, cudaStream_t stream);
 
+// The layer's dense effective weight, transposed: W^T = (P_out D_hat P_in^T)^T (in dim x out dim,
+// fp16, row-major), built in `workspace` (effective_weight_workspace_bytes(p)) from the codes and
+// tables by transforming the weight's rows (effective_weight.cu); *w_t points at it inside the
+// workspace. The same weight as the layer's five steps, rounded once to fp16.
+size_t effective_weight_workspace_bytes(const FrameLinearParams& p);
+cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace, __half** w_t, cudaStream_t stream);
+
+// Many rows, fp16, dense form (gemm_cublas.cpp, links cuBLASLt): W^T built in the workspace as
+// above, then y = x W^T + bias as one cuBLASLt GEMM with the bias in its epilogue. Its cost is
+// the GEMM of the dense layer plus a row-count-independent build (K_out + in dim transformed
+// rows), so it wins over the gemm path from a row count of the order of the layer's width
+// (plugins_trt/harness.py dense_min_rows). `cublaslt_handle` is a cublasLtHandle_t.
+size_t frame_linear_dense_workspace_bytes(const FrameLinearParams& p);
+cudaError_t launch_frame_linear_dense(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
+                                      void* workspace, void* cublaslt_handle, cudaStream_t stream);
+
 // The packed matmul of many fp16 rows on cuBLAS (gemm_cublas.cpp): D_hat decoded to fp16 in the
 // workspace, rows copied into K-padded buffers where K_in or K_out is not a multiple of 64, one
 // cuBLAS GEMM. The FQPackedMatMul plugin takes it from kPackedGemmMinRows rows where the library

@@ -5,10 +5,13 @@
 // at 765; benchmarks/results/h100/cublas_alignment.txt). Two callers: the packed matmul op
 // (rows copied into and out of padded buffers where K is unaligned) and the many-row layer
 // (prologue straight into the padded c, GEMM, epilogue reading the padded z).
+// The dense many-row layer (one cuBLASLt GEMM on the layer's effective weight, bias in the GEMM's
+// epilogue) lives here too.
 // Kept out of the .cu files so that those build without the cuBLAS headers.
 #include <climits>
 
 #include <cublas_v2.h>
+#include <cublasLt.h>
 
 #include "fq_kernels.h"
 
@@ -105,6 +108,82 @@ cudaError_t launch_frame_linear_gemm(const FrameLinearParams& p, const void* x, 
     if (err == cudaSuccess) err = padded_gemm(p.matmul, c, ldc, z, ldz, rows, d_hat, cublas_handle, stream);
     if (err == cudaSuccess) err = launch_layer_epilogue(p, z, ldz, y, rows, DType::kFloat16, stream);
     return err;
+}
+
+
+// ---- the dense form: one GEMM on the effective weight ------------------------------------
+
+namespace {
+
+constexpr size_t kLtWorkspace = 4u << 20;  // cuBLASLt's own scratch (split-K and the like)
+
+// Descriptors of one cuBLASLt call, released on every path out.
+struct LtCall {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    ~LtCall() {
+        if (pref) cublasLtMatmulPreferenceDestroy(pref);
+        if (d) cublasLtMatrixLayoutDestroy(d);
+        if (b) cublasLtMatrixLayoutDestroy(b);
+        if (a) cublasLtMatrixLayoutDestroy(a);
+        if (op) cublasLtMatmulDescDestroy(op);
+    }
+};
+
+// y (rows x m) = x (rows x n) w_t (n x m) + bias, fp16 with fp32 accumulation. Column-major view:
+// y^T (m x rows) = w_t^T (m x n, ld m) x^T (n x rows, ld n), the bias one value per row of y^T.
+cudaError_t lt_gemm_bias(cublasLtHandle_t handle, const __half* w_t, const __half* x, __half* y, const __half* bias,
+                         int64_t n, int64_t m, int64_t rows, void* lt_ws, cudaStream_t stream) {
+    LtCall c;
+    const cublasOperation_t no = CUBLAS_OP_N;
+    const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    const size_t ws = kLtWorkspace;
+    bool ok = cublasLtMatmulDescCreate(&c.op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_TRANSA, &no, sizeof(no)) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_TRANSB, &no, sizeof(no)) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)) == CUBLAS_STATUS_SUCCESS &&
+              (!bias || cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)) ==
+                            CUBLAS_STATUS_SUCCESS) &&
+              cublasLtMatrixLayoutCreate(&c.a, CUDA_R_16F, m, n, m) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&c.b, CUDA_R_16F, n, rows, n) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatrixLayoutCreate(&c.d, CUDA_R_16F, m, rows, m) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceCreate(&c.pref) == CUBLAS_STATUS_SUCCESS &&
+              cublasLtMatmulPreferenceSetAttribute(c.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)) ==
+                  CUBLAS_STATUS_SUCCESS;
+    if (!ok) return cudaErrorUnknown;
+    cublasLtMatmulHeuristicResult_t algo{};
+    int found = 0;
+    if (cublasLtMatmulAlgoGetHeuristic(handle, c.op, c.a, c.b, c.d, c.d, c.pref, 1, &algo, &found) !=
+            CUBLAS_STATUS_SUCCESS || found == 0)
+        return cudaErrorNotSupported;
+    const float alpha = 1.f, beta = 0.f;
+    return cublasLtMatmul(handle, c.op, &alpha, w_t, c.a, x, c.b, &beta, y, c.d, y, c.d, &algo.algo, lt_ws, ws,
+                          stream) == CUBLAS_STATUS_SUCCESS
+               ? cudaSuccess
+               : cudaErrorUnknown;
+}
+
+}  // namespace
+
+size_t frame_linear_dense_workspace_bytes(const FrameLinearParams& p) {
+    return effective_weight_workspace_bytes(p) + align256(sizeof(__half) * p.out_dim()) + kLtWorkspace;
+}
+
+cudaError_t launch_frame_linear_dense(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
+                                      void* workspace, void* cublaslt_handle, cudaStream_t stream) {
+    if (rows == 0) return cudaSuccess;
+    if (cublaslt_handle == nullptr) return cudaErrorInvalidValue;
+    char* base = static_cast<char*>(workspace);
+    __half* bias = p.bias ? reinterpret_cast<__half*>(base + effective_weight_workspace_bytes(p)) : nullptr;
+    void* lt_ws = base + effective_weight_workspace_bytes(p) + align256(sizeof(__half) * p.out_dim());
+    __half* w_t = nullptr;
+    cudaError_t err = launch_effective_weight(p, workspace, &w_t, stream);
+    // cuBLASLt adds a bias of the output's type: fp16 (the output is rounded to fp16 anyway).
+    if (err == cudaSuccess && bias) err = launch_half_from_float(p.bias, bias, p.out_dim(), stream);
+    if (err != cudaSuccess) return err;
+    return lt_gemm_bias(static_cast<cublasLtHandle_t>(cublaslt_handle), w_t, static_cast<const __half*>(x),
+                        static_cast<__half*>(y), bias, p.in_dim(), p.out_dim(), rows, lt_ws, stream);
 }
 
 }  // namespace fq

@@ -10,8 +10,9 @@ config and tokenized held-out sentences). ViT-B/16: timm random weights (seeded)
 GPU with FrameQuant from the offline photos; numerics only. For each model the reference is the
 same quantized model run by ``FrameQuantLinear`` (PyTorch, fp32); the kernel path replaces every
 quantized layer by ``harness.KernelLinear`` (fp16 activations into the kernels, fp32 accumulation)
-with its automatic path choice (``KernelLinear``: one launch for one row, three launches, or the
-cuBLAS path from 64 fp16 rows).
+with its automatic path choice (``KernelLinear``: one launch for one row, three launches, the
+cuBLAS path from 64 fp16 rows, the dense form from ``harness.dense_min_rows``); ``paths`` counts
+the layers by the path their last call took.
 """
 from __future__ import annotations
 
@@ -87,9 +88,21 @@ def run_minilm(folder: Path, device: str) -> dict:
     count = harness.use_kernels(model)
     out = embed()
     result = {"model": "all-MiniLM-L6-v2 (real weights), FrameQuant 2 bits r=1.1", "kernel_layers": count,
+              "paths": paths_taken(model),
               "sentences": int(inputs["input_ids"].shape[0]), "tokens_per_batch": int(inputs["input_ids"].numel()),
               **_compare(ref, out)}
     return result
+
+
+def paths_taken(model) -> dict:
+    """Quantized layers per kernel path that their last call took (KernelLinear.last_path)."""
+    from plugins_trt import harness
+
+    taken: dict = {}
+    for mod in model.modules():
+        if isinstance(mod, harness.KernelLinear) and mod.last_path:
+            taken[mod.last_path] = taken.get(mod.last_path, 0) + 1
+    return taken
 
 
 def run_vit(device: str, calib_images: int = 32) -> dict:
@@ -111,6 +124,7 @@ def run_vit(device: str, calib_images: int = 32) -> dict:
         count = harness.use_kernels(adapter.model)
         out = adapter.model(pixels)
     return {"model": "ViT-B/16 (random weights, seeded), FrameQuant 2 bits r=1.1", "kernel_layers": count,
+            "paths": paths_taken(adapter.model),
             "images": int(pixels.shape[0]), "quantize_seconds": seconds, **_compare(ref, out)}
 
 

@@ -149,7 +149,8 @@ fq::FrameLinearParams layer_params(const std::vector<torch::Tensor>& t, const st
 // path: 1 fused single launch (rows <= kFusedMaxRows: decode where it fits, else cooperative),
 // 2 three launches (prologue, packed matmul, epilogue), 3 prologue + dequantize + cuBLAS +
 // epilogue (fp16 only), 4 the decode kernel (rows <= kDecodeRows), 5 the cooperative kernel, 6 the
-// spread decode kernel (rows <= kDecodeRows).
+// spread decode kernel (rows <= kDecodeRows), 7 the dense form (effective weight + one cuBLASLt GEMM,
+// fp16 only).
 torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, int64_t path,
                            torch::Tensor barrier) {
     require_cuda(x, "x");
@@ -191,10 +192,29 @@ torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, s
         check(fq::launch_frame_linear_gemm(p, x.data_ptr(), y.data_ptr(), rows, ws.data_ptr(),
                                            at::cuda::getCurrentCUDABlasHandle(), stream),
               "frame_linear_gemm");
+    } else if (path == 7) {
+        TORCH_CHECK(x.scalar_type() == torch::kHalf, "the dense path takes float16 activations");
+        auto ws = workspace(fq::frame_linear_dense_workspace_bytes(p));
+        check(fq::launch_frame_linear_dense(p, x.data_ptr(), y.data_ptr(), rows, ws.data_ptr(),
+                                            at::cuda::getCurrentCUDABlasLtHandle(), stream),
+              "frame_linear_dense");
     } else {
         TORCH_CHECK(false, "unknown layer path ", path);
     }
     return y;
+}
+
+// W^T = (P_out D_hat P_in^T)^T, (in dim, out dim) fp16, as the dense path builds it.
+torch::Tensor effective_weight(std::vector<torch::Tensor> tables, std::vector<int64_t> ints) {
+    auto p = layer_params(tables, ints);
+    auto opts = tables.at(0).options();
+    auto ws = torch::empty({static_cast<int64_t>(fq::effective_weight_workspace_bytes(p))}, opts.dtype(torch::kUInt8));
+    auto w_t = torch::empty({p.in_dim(), p.out_dim()}, opts.dtype(torch::kHalf));
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    __half* built = nullptr;
+    check(fq::launch_effective_weight(p, ws.data_ptr(), &built, stream), "effective_weight");
+    check(cudaMemcpyAsync(w_t.data_ptr(), built, w_t.nbytes(), cudaMemcpyDeviceToDevice, stream), "effective_weight copy");
+    return w_t;
 }
 
 std::vector<torch::Tensor> frame_tables(int64_t k, int64_t rho, int64_t d) {
@@ -237,6 +257,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("packed_matmul", &packed_matmul);
     m.def("dequantize", &dequantize);
     m.def("frame_linear", &frame_linear);
+    m.def("effective_weight", &effective_weight);
     m.def("frame_tables", &frame_tables);
     m.def("rotation_tables", &rotation_tables);
     m.attr("fused_max_rows") = fq::kFusedMaxRows;
