@@ -186,7 +186,8 @@ class KernelLinear(nn.Module):
     Shapes and dense equivalent as ``FrameQuantLinear``: ``y = x @ (P_out D_hat P_in^T).T + b``.
     """
 
-    def __init__(self, layer: FrameQuantLinear, fused: bool | None = None, path: str | None = None):
+    def __init__(self, layer: FrameQuantLinear, fused: bool | None = None, path: str | None = None,
+                 act_dtype: torch.dtype | None = None):
         super().__init__()
         if path is None and fused is not None:
             path = "fused" if fused else "kernels"
@@ -197,6 +198,11 @@ class KernelLinear(nn.Module):
         self._barrier = None
         self._tables = None
         self.last_path: str | None = None  # the path the last call took
+        # Activations into the kernels: fp16 or fp32 (None: the input's, fp16 for other types);
+        # the output comes back in the input's dtype.
+        if act_dtype not in (None, torch.float16, torch.float32):
+            raise ValueError(f"act_dtype must be torch.float16 or torch.float32, not {act_dtype}")
+        self.act_dtype = act_dtype
 
     def tables(self, device):
         if self._tables is None or self._tables[0] != str(device):
@@ -231,6 +237,8 @@ class KernelLinear(nn.Module):
         tables, ints = self.tables(x.device)
         rows = x.numel() // x.shape[-1]
         dtype = x.dtype if x.dtype in (torch.float16, torch.float32) else torch.float16
+        if self.act_dtype is not None:
+            dtype = self.act_dtype
         path = self.path
         if path is None:
             if rows <= FUSED_AUTO_ROWS:
@@ -264,15 +272,16 @@ def frame_linear_ref(x: torch.Tensor, layer: FrameQuantLinear) -> torch.Tensor:
     return layer(x)
 
 
-def use_kernels(model: nn.Module, fused: bool | None = None, path: str | None = None) -> int:
+def use_kernels(model: nn.Module, fused: bool | None = None, path: str | None = None,
+                act_dtype: torch.dtype | None = None) -> int:
     """Replace every ``FrameQuantLinear`` of ``model`` (in place) by a ``KernelLinear``; returns the count."""
     count = 0
     for name, module in list(model.named_children()):
         if isinstance(module, FrameQuantLinear):
-            setattr(model, name, KernelLinear(module, fused, path))
+            setattr(model, name, KernelLinear(module, fused, path, act_dtype))
             count += 1
         else:
-            count += use_kernels(module, fused, path)
+            count += use_kernels(module, fused, path, act_dtype)
     return count
 
 

@@ -360,3 +360,18 @@ def test_unknown_path_is_refused(h):
     layer = random_layer(768, 768).to(DEV)
     with pytest.raises(ValueError, match="unknown kernel path"):
         h.KernelLinear(layer, path="fastest")
+
+
+def test_act_dtype_casts_activations(h):
+    # act_dtype=float16: fp32 activations go into the kernels as fp16 (so the fp16-only dense path
+    # is taken for many rows) and the output comes back as fp32.
+    layer = random_layer(768, 768, seed=9).to(DEV)
+    x = torch.randn(1000, 768, device=DEV)
+    kl = h.KernelLinear(layer, act_dtype=torch.float16)
+    out = kl(x)
+    assert out.dtype == torch.float32 and kl.last_path == "dense"
+    ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
+    check_against(out, ref64, torch16, "act_dtype fp16")
+    assert h.KernelLinear(layer)(x).dtype == torch.float32
+    with pytest.raises(ValueError, match="act_dtype"):
+        h.KernelLinear(layer, act_dtype=torch.int8)

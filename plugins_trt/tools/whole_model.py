@@ -12,7 +12,9 @@ same quantized model run by ``FrameQuantLinear`` (PyTorch, fp32); the kernel pat
 quantized layer by ``harness.KernelLinear`` (fp16 activations into the kernels, fp32 accumulation)
 with its automatic path choice (``KernelLinear``: one launch for one row, three launches, the
 cuBLAS path from 64 fp16 rows, the dense form from ``harness.dense_min_rows``); ``paths`` counts
-the layers by the path their last call took.
+the layers by the path their last call took. The models run fp32, so their layers take the fp32
+paths; ``fp16_activations`` repeats the pass with fp16 activations into every kernel layer (the
+gemm and dense paths are fp16-only).
 """
 from __future__ import annotations
 
@@ -91,6 +93,7 @@ def run_minilm(folder: Path, device: str) -> dict:
               "paths": paths_taken(model),
               "sentences": int(inputs["input_ids"].shape[0]), "tokens_per_batch": int(inputs["input_ids"].numel()),
               **_compare(ref, out)}
+    result["fp16_activations"] = fp16_pass(model, embed, ref)
     return result
 
 
@@ -123,9 +126,24 @@ def run_vit(device: str, calib_images: int = 32) -> dict:
         ref = adapter.model(pixels)
         count = harness.use_kernels(adapter.model)
         out = adapter.model(pixels)
-    return {"model": "ViT-B/16 (random weights, seeded), FrameQuant 2 bits r=1.1", "kernel_layers": count,
-            "paths": paths_taken(adapter.model),
-            "images": int(pixels.shape[0]), "quantize_seconds": seconds, **_compare(ref, out)}
+    result = {"model": "ViT-B/16 (random weights, seeded), FrameQuant 2 bits r=1.1", "kernel_layers": count,
+              "paths": paths_taken(adapter.model),
+              "images": int(pixels.shape[0]), "quantize_seconds": seconds, **_compare(ref, out)}
+    with torch.no_grad():
+        result["fp16_activations"] = fp16_pass(adapter.model, lambda: adapter.model(pixels), ref)
+    return result
+
+
+def fp16_pass(model, forward, ref) -> dict:
+    """The same forward pass with fp16 activations into every kernel layer (the model's other
+    layers stay fp32): the automatic choice then takes the fp16-only gemm and dense paths."""
+    from plugins_trt import harness
+
+    for mod in model.modules():
+        if isinstance(mod, harness.KernelLinear):
+            mod.act_dtype = torch.float16
+    out = forward()
+    return {"paths": paths_taken(model), **_compare(ref, out)}
 
 
 def main() -> int:
