@@ -308,12 +308,19 @@ __global__ void __launch_bounds__(THREADS, kStaged ? 2 * kThreads / THREADS : 1)
     }
 }
 
-// Threads of a staged block for rows of d values: narrow rows take 64 so that they do not leave
-// most warps of a block idle at every barrier (768: 48 Walsh-Hadamard cosets, 14 frame blocks).
-// H100, 12608 rows: the 768x768 gemm layer 595 -> 344 us. With 128 threads for 3072-wide rows
-// as well, the 768x3072 layer went 1178 -> 1222 us (its 768-wide prologue at 64 included), so
-// rows wider than 1024 keep 256.
-inline int row_threads(int d) { return d <= 1024 ? 64 : kThreads; }
+// Threads of a staged block for `rows` rows of d values. Many narrow rows take 64 so that they
+// do not leave most warps of a block idle at every barrier (768: 48 Walsh-Hadamard cosets, 14
+// frame blocks); H100, 12608 rows: the 768x768 gemm layer 595 -> 344 us. With 128 threads for
+// 3072-wide rows as well, the 768x3072 layer went 1178 -> 1222 us (its 768-wide prologue at 64
+// included), so rows wider than 1024 keep 256. Rows few enough to run at once in 256-thread
+// blocks (two per SM) keep 256 too: there a row's latency is the kernel's time (768x768 layer in
+// three launches at M = 1: 18.1 us with 256 threads, 26.7 with 64).
+inline int row_threads(int d, int64_t rows) {
+    int device = 0, sms = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    return d <= 1024 && rows > 2 * static_cast<int64_t>(sms) ? 64 : kThreads;
+}
 
 // The staged kernel instance for (k-steps of registers, threads).
 template <typename T> auto prologue_instance(bool ks4, int threads) {
@@ -373,7 +380,7 @@ cudaError_t launch_prologue_typed(const FrameLinearParams& p, const T* x, T* c, 
     auto pick = [ks4](int threads) { return prologue_instance<T>(ks4, threads); };
     auto stage = [&p](bool tables) { return prologue_stage(p, sizeof(T), tables).total; };
     return launch_rows(pick, prologue_kernel<T, false>, stage, sizeof(float) * prologue_rows_floats(p), ok,
-                       row_threads(p.in_dim()), rows, stream, p, x, c, ldc, rows);
+                       row_threads(p.in_dim(), rows), rows, stream, p, x, c, ldc, rows);
 }
 
 template <typename T>
@@ -384,7 +391,7 @@ cudaError_t launch_epilogue_typed(const FrameLinearParams& p, const T* z, int64_
     auto pick = [ks4](int threads) { return epilogue_instance<T>(ks4, threads); };
     auto stage = [&p](bool tables) { return epilogue_stage(p, sizeof(T), tables).total; };
     return launch_rows(pick, epilogue_kernel<T, false>, stage, sizeof(float) * epilogue_rows_floats(p), ok,
-                       row_threads(p.out_dim()), rows, stream, p, z, ldz, y, rows);
+                       row_threads(p.out_dim(), rows), rows, stream, p, z, ldz, y, rows);
 }
 
 // ---- the fused layer -----------------------------------------------------------------------
