@@ -26,10 +26,10 @@ import onnx_graphsurgeon as gs
 from fq_export import plugin_ops
 from fq_export.layer import FrameQuantLinear
 
-from .subgraphs import Builder, plugin_layer, standard_layer
+from .subgraphs import Builder, plugin_layer, plugin_layer_node, standard_layer
 
 log = logging.getLogger(__name__)
-FORMS = ("standard", "plugin")
+FORMS = ("standard", "plugin", "plugin-layer")
 
 
 class ConversionError(RuntimeError):
@@ -154,8 +154,12 @@ def rewrite_graph(model: onnx.ModelProto, layers: dict[str, FrameQuantLinear], f
     for m in matches:
         b.layer = m.name
         flat, lead = _flatten(b, m.x, m.layer.in_features)
-        y = (standard_layer if form == "standard" else plugin_layer)(b, flat, m.layer)
-        if m.layer.bias is not None:
+        builder = {"standard": standard_layer, "plugin": plugin_layer, "plugin-layer": plugin_layer_node}[form]
+        y = builder(b, flat, m.layer)
+        if m.layer.bias is not None and form == "plugin-layer":  # the node adds it
+            if not m.bias_in_graph:
+                raise ConversionError(f"layer {m.name}: its bias was not found next to the matmul")
+        elif m.layer.bias is not None:
             bias = b.const("bias", m.layer.bias.float().cpu().numpy())
             y = b.op("Add", [y, bias])
             if not m.bias_in_graph:
@@ -168,7 +172,7 @@ def rewrite_graph(model: onnx.ModelProto, layers: dict[str, FrameQuantLinear], f
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
-    if form == "plugin" and not any(o.domain == plugin_ops.ONNX_DOMAIN for o in out.opset_import):
+    if form.startswith("plugin") and not any(o.domain == plugin_ops.ONNX_DOMAIN for o in out.opset_import):
         out.opset_import.append(onnx.helper.make_opsetid(plugin_ops.ONNX_DOMAIN, 1))
     per_layer = {m.name: b.layer_bytes.get(m.name, 0) for m in matches}
     io = {m.name: (m.x.name, m.out.name) for m in matches}

@@ -50,7 +50,7 @@ def make_session(path: str | Path, form: str, threads: int | None = None):
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    if form == "plugin":
+    if form.startswith("plugin"):
         from .ort_ops import register
 
         options.register_custom_ops_library(register())

@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="X.onnx, or engine.plan to build a TensorRT engine")
-    p.add_argument("--onnx-form", default="standard", choices=["standard", "plugin"])
+    p.add_argument("--onnx-form", default="standard", choices=["standard", "plugin", "plugin-layer"],
+                   help="standard ONNX operators; plugin: one TensorRT plugin node per step (five per layer); "
+                        "plugin-layer: one FQFrameLinear node per layer (engines from --out *.plan use it unless "
+                        "--onnx-form plugin is given)")
     p.add_argument("--report", help="report JSON: sizes, effective bits, validation figures")
     p.add_argument("--validate-samples", type=int, default=16, help="real held-out samples for validation")
     p.add_argument("--plugin-library", help="libfq_trt_plugins.so for engine builds")

@@ -57,7 +57,9 @@ def export_and_report(adapter, args, base_report: dict) -> int:
 
     out = Path(args.out)
     plan = out.suffix == ".plan"
-    form = "plugin" if plan else args.onnx_form
+    # Engines take one FQFrameLinear plugin per layer (the fused kernels) unless the five-step
+    # plugin form is asked for.
+    form = (args.onnx_form if args.onnx_form.startswith("plugin") else "plugin-layer") if plan else args.onnx_form
     if out.suffix not in (".onnx", ".plan"):
         raise ValueError(f"--out must end in .onnx or .plan, got {out}")
     onnx_path = out.with_suffix(".plugin.onnx") if plan else out

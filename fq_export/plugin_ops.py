@@ -20,6 +20,15 @@ emit exactly these nodes and the TensorRT plugins register these names.
     ``(out_features,)``: fp16 initializers in the file, each behind a ``Cast`` to fp32 (TensorRT
     folds it; onnxruntime-extensions' Python ops take no fp16 inputs); the plugin accepts fp16 or fp32. Attributes ``bits``, ``in_features``, ``out_features``,
     ``layout_version``. Output ``(..., out_features)``.
+``FQFrameLinear``: the whole layer ``y = R_out T_out D_hat T_in^T R_in^T x + bias`` in one node (the
+    ``plugin-layer`` form), so that TensorRT runs the fused kernels (one launch for one row, the
+    dense form for many rows) instead of five plugins. Inputs: ``x (..., in_dim)`` fp16/fp32,
+    ``packed_codes``, ``scale``, ``zero`` as for ``FQPackedMatMul``, ``bias (out_dim,)`` fp32
+    (zeros for a layer without one). Attributes: ``in_dim``, ``out_dim``; per side ``rotate_in``
+    (0/1) with ``seed_in``, ``frame_in_k`` and ``frame_in_rho`` (both 0: no frame; else the frame
+    ``(k, rho, in_dim)``), and the same with ``_out``; ``bits``, ``layout_version``. ``K_in`` is
+    ``frame_in_k * frame_in_rho`` (``in_dim`` without a frame), ``K_out`` likewise. Output
+    ``(..., out_dim)``.
 """
 from __future__ import annotations
 
@@ -31,9 +40,12 @@ ONNX_DOMAIN = "ai.onnx.contrib"
 ROTATION_OP = "FQHadamardRotation"
 FRAME_OP = "FQFrameTransform"
 MATMUL_OP = "FQPackedMatMul"
+LAYER_OP = "FQFrameLinear"
 
 ATTRIBUTES = {
     ROTATION_OP: ("dim", "seed", "transpose"),
     FRAME_OP: ("k", "rho", "d", "transpose"),
     MATMUL_OP: ("bits", "in_features", "out_features", "layout_version"),
+    LAYER_OP: ("in_dim", "out_dim", "rotate_in", "seed_in", "frame_in_k", "frame_in_rho", "rotate_out", "seed_out",
+               "frame_out_k", "frame_out_rho", "bits", "layout_version"),
 }

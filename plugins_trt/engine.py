@@ -2,7 +2,8 @@
 
 Steps: load the plugin library into TensorRT's plugin registry (``loadLibrary``: the library
 exports ``getCreators``/``setLoggerFinder``), parse the ONNX file (the parser maps the
-``FQHadamardRotation`` / ``FQFrameTransform`` / ``FQPackedMatMul`` nodes to our creators by op type,
+``FQFrameLinear`` nodes of the default ``plugin-layer`` form, or the ``FQHadamardRotation`` /
+``FQFrameTransform`` / ``FQPackedMatMul`` nodes of the ``plugin`` form, to our creators by op type,
 ``plugin_version`` and ``plugin_namespace``), add an optimization profile for the dynamic axes,
 build with fp16 allowed, serialize to a temporary file and rename it into place.
 

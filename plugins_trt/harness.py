@@ -153,15 +153,10 @@ GEMM_MIN_ROWS = 64
 
 
 def dense_min_rows(in_features: int, out_features: int, k_out: int) -> int:
-    """Rows from which the dense form beats the gemm path (automatic choice).
+    """Rows from which the automatic choice takes the dense form over the gemm path
+    (``fq::dense_min_rows`` of fq_kernels.h, the rule the FQFrameLinear plugin uses too)."""
+    return int(load_extension().dense_min_rows(in_features, out_features, k_out))
 
-    The gemm path transforms every row twice (n and m values); the dense form transforms the
-    weight once: K_out rows of n values and n rows of m values, whatever the row count. With a
-    transform's cost taken as proportional to its width, the two balance at
-    n (K_out + m) / (n + m) rows (H100 crossovers: see the README).
-    """
-    n, m = in_features, out_features
-    return -(-n * (k_out + m) // (n + m))
 
 # The automatic choice (H100 timings of benchmarks/kernels.py): the single-launch layer for one
 # token (the spread decode kernel for layers wider than 4096, else the decode kernel), the three launches from 2 rows (faster there than either single-launch

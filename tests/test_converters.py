@@ -101,9 +101,48 @@ def test_plugin_form_runs_in_onnxruntime(tmp_path, rotate, frames):
     np.testing.assert_allclose(got, np.tanh(dense_reference(layer, x.numpy())), atol=2e-4, rtol=0)
 
 
+@pytest.mark.parametrize("rotate,frames,bias", [(True, True, True), (True, False, False), (False, True, True),
+                                                (False, False, True)])
+def test_plugin_layer_form_runs_in_onnxruntime(tmp_path, rotate, frames, bias):
+    # One FQFrameLinear node per layer, the bias inside it: what TensorRT engines take by default.
+    layer = random_layer(384, 192, 2, rotate=rotate, frames=frames, bias=bias, seed=3)
+    x = torch.randn(2, 5, 384)
+    path, _ = export_tiny(layer, x, tmp_path, "plugin-layer")
+    model = onnx.load(str(path))
+    custom = [n for n in model.graph.node if n.domain == plugin_ops.ONNX_DOMAIN]
+    assert [n.op_type for n in custom] == [plugin_ops.LAYER_OP]
+    assert not [n for n in model.graph.node if n.op_type == "Add"], "the bias belongs inside the node"
+    attrs = {a.name: a for a in custom[0].attribute}
+    assert attrs["plugin_version"].s == b"1" and attrs["plugin_namespace"].type == onnx.AttributeProto.STRING
+    assert set(plugin_ops.ATTRIBUTES[plugin_ops.LAYER_OP]) <= set(attrs)
+    assert attrs["frame_in_k"].i * attrs["frame_in_rho"].i == (layer.in_recipe.size if frames else 0)
+    assert attrs["rotate_out"].i == int(rotate) and attrs["in_dim"].i == 384 and attrs["out_dim"].i == 192
+    sess = validate.make_session(path, "plugin-layer")
+    for xs in (x.numpy(), np.random.default_rng(0).standard_normal((3, 7, 384)).astype(np.float32)):
+        got = sess.run(["y"], {"x": xs})[0]
+        np.testing.assert_allclose(got, np.tanh(dense_reference(layer, xs)), atol=2e-4, rtol=0)
+
+
+def test_plugin_layer_op_refuses_bad_attributes():
+    from converters import ort_ops
+    from converters.subgraphs import layer_attributes
+
+    layer = random_layer(192, 192, 2)
+    attrs = layer_attributes(layer)
+    args = (layer.packed_codes.numpy(), layer.scale.float().numpy(), layer.zero.float().numpy())
+    with pytest.raises(ValueError, match="both be 0"):
+        ort_ops.layer_from_attributes({**attrs, "frame_in_rho": 0}, *args, layer.bias.numpy())
+    with pytest.raises(ValueError, match="bias has 5 values"):
+        ort_ops.layer_from_attributes(attrs, *args, np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="packed codes"):
+        ort_ops.layer_from_attributes({**attrs, "bits": 3}, *args, layer.bias.numpy())
+    with pytest.raises(ValueError, match="last axis"):
+        ort_ops.frame_linear(np.zeros((2, 100), np.float32), *args, layer.bias.numpy(), **attrs)
+
+
 def test_packed_codes_stay_packed(tmp_path):
     layer = random_layer(384, 384, 2)
-    for form in ("standard", "plugin"):
+    for form in ("standard", "plugin", "plugin-layer"):
         path, sizes = export_tiny(layer, torch.randn(3, 384), tmp_path, form)
         model = onnx.load(str(path))
         floats = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
@@ -131,7 +170,7 @@ class Chain(nn.Module):
         return self.second(torch.tanh(self.first(x)))
 
 
-@pytest.mark.parametrize("form", ["standard", "plugin"])
+@pytest.mark.parametrize("form", ["standard", "plugin", "plugin-layer"])
 def test_equal_biases_deduplicated_by_the_exporter(tmp_path, form):
     # Freshly initialised models (the random-weight ViT, Swin) have all-zero biases; torch's exporter
     # keeps one initializer and feeds the others through Identity nodes. The bias must still be found.
@@ -222,6 +261,9 @@ def test_cli_plan_without_tensorrt(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 3 and not out.exists()
     assert (tmp_path / "engine.plugin.onnx").exists() and "trtexec --onnx=" in err and "--dynamicPlugins=" in err
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "engine.plugin.onnx")).graph.node]
+    # Engines take one FQFrameLinear node per quantized layer (MiniLM: 36 linears).
+    assert ops.count(plugin_ops.LAYER_OP) == 36 and plugin_ops.MATMUL_OP not in ops
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["passed"] and report["engine"]["built"] is False
     assert {"max_abs_err", "cosine", "task_agreement", "effective_bits", "bytes"} <= set(report)

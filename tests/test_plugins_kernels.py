@@ -319,8 +319,9 @@ def test_auto_path_takes_dense_for_many_rows(h, monkeypatch):
 
     monkeypatch.setattr(h, "load_extension", lambda: Spy())
     kl = h.KernelLinear(layer)
-    rows_dense = h.dense_min_rows(768, 3072, layer.frame_shape[0])
-    assert 768 < rows_dense < 3072
+    k_out = layer.frame_shape[0]
+    rows_dense = h.dense_min_rows(768, 3072, k_out)
+    assert rows_dense == -(-768 * (k_out + 3072) // (768 + 3072)) and 768 < rows_dense < 3072
     for rows in (rows_dense - 1, rows_dense):
         x = torch.randn(rows, 768, device=DEV)
         ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)

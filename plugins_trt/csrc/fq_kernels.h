@@ -153,8 +153,16 @@ cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace,
 // above, then y = x W^T + bias as one cuBLASLt GEMM with the bias in its epilogue. Its cost is
 // the GEMM of the dense layer plus a row-count-independent build (K_out + in dim transformed
 // rows), so it wins over the gemm path from a row count of the order of the layer's width
-// (plugins_trt/harness.py dense_min_rows). `cublaslt_handle` is a cublasLtHandle_t.
+// (dense_min_rows). `cublaslt_handle` is a cublasLtHandle_t.
 size_t frame_linear_dense_workspace_bytes(const FrameLinearParams& p);
+// Rows from which the dense form takes over from the gemm path (the automatic choice of the
+// harness and of the FQFrameLinear plugin). The gemm path transforms every row twice (n and m
+// values); the dense form transforms K_out rows of n values and n rows of m values once per call.
+// With a transform's cost proportional to its width they balance at n (K_out + m) / (n + m) rows
+// (H100 crossovers in the README).
+inline int64_t dense_min_rows(int64_t n, int64_t m, int64_t k_out) {
+    return (n * (k_out + m) + n + m - 1) / (n + m);
+}
 cudaError_t launch_frame_linear_dense(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
                                       void* workspace, void* cublaslt_handle, cudaStream_t stream);
 

@@ -258,6 +258,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("dequantize", &dequantize);
     m.def("frame_linear", &frame_linear);
     m.def("effective_weight", &effective_weight);
+    m.def("dense_min_rows", &fq::dense_min_rows);
     m.def("frame_tables", &frame_tables);
     m.def("rotation_tables", &rotation_tables);
     m.attr("fused_max_rows") = fq::kFusedMaxRows;

@@ -10,6 +10,7 @@
 #include "recipe.h"
 
 #ifdef FQ_WITH_CUBLAS
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #endif
 
@@ -51,6 +52,45 @@ template <typename T> T* DeviceTables::upload(std::vector<T> const& host) {
         throw std::runtime_error("cudaMemcpy failed for plugin tables");
     return static_cast<T*>(p);
 }
+
+namespace {
+// The device tables of a rotation or frame recipe (csrc/recipe.h), appended to `tables`; the
+// returned parameters point at them.
+RotationParams upload_rotation(DeviceTables& tables, int dim, int32_t seed) {
+    const RotationTables host = make_rotation_tables(dim, static_cast<uint32_t>(seed));
+    RotationParams p;
+    p.dim = host.dim;
+    p.power = host.power;
+    p.odd = host.odd;
+    p.signs = tables.upload(std::vector<float>(host.signs.begin(), host.signs.end()));
+    p.dct = tables.upload(std::vector<float>(host.dct.begin(), host.dct.end()));
+    return p;
+}
+
+FrameParams upload_frame(DeviceTables& tables, int k, int rho, int d) {
+    const FrameTables host = make_frame_tables(k, rho, d);
+    FrameParams p;
+    p.k = k;
+    p.rho_c = rho / 2;
+    p.d_c = d / 2;
+    p.kp = (2 * k + 15) / 16 * 16;
+    // The realified DFT and its transpose, zero-padded to kp x kp (tensor-core k-steps).
+    std::vector<__half> dft(static_cast<size_t>(p.kp) * p.kp, __float2half(0.f)), dft_t(dft);
+    for (int r = 0; r < 2 * k; ++r)
+        for (int c = 0; c < 2 * k; ++c) {
+            const float v = static_cast<float>(host.dft[r * 2 * k + c]);
+            dft[r * p.kp + c] = __float2half(v);
+            dft_t[c * p.kp + r] = __float2half(v);
+        }
+    p.gather_index = tables.upload(host.gather_index);
+    p.gather_weight = tables.upload(std::vector<float>(host.gather_weight.begin(), host.gather_weight.end()));
+    p.synth_bin = tables.upload(host.synth_bin);
+    p.synth_weight = tables.upload(std::vector<float>(host.synth_weight.begin(), host.synth_weight.end()));
+    p.dft = tables.upload(dft);
+    p.dft_t = tables.upload(dft_t);
+    return p;
+}
+}  // namespace
 
 // ---- FQPluginBase ---------------------------------------------------------------------------
 
@@ -169,14 +209,8 @@ int32_t FQHadamardRotationPlugin::enqueue(PluginTensorDesc const* inputDesc, Plu
                                           cudaStream_t stream) noexcept {
     try {
         if (!tables_) {
-            const RotationTables host = make_rotation_tables(field("dim"), static_cast<uint32_t>(field("seed")));
             auto tables = std::make_shared<DeviceTables>();
-            std::vector<float> signs(host.signs.begin(), host.signs.end()), dct(host.dct.begin(), host.dct.end());
-            params_.dim = host.dim;
-            params_.power = host.power;
-            params_.odd = host.odd;
-            params_.signs = tables->upload(signs);
-            params_.dct = tables->upload(dct);
+            params_ = upload_rotation(*tables, field("dim"), field("seed"));
             tables_ = tables;
         }
         if (params_.signs == nullptr) {  // a clone sharing uploaded tables: recover the pointers
@@ -232,38 +266,11 @@ int32_t FQFrameTransformPlugin::enqueue(PluginTensorDesc const* inputDesc, Plugi
                                         void const* const* inputs, void* const* outputs, void*,
                                         cudaStream_t stream) noexcept {
     try {
-        const int k = field("k");
-        const int kp = (2 * k + 15) / 16 * 16;
-        if (!tables_) {
-            const FrameTables host = make_frame_tables(k, field("rho"), field("d"));
+        if (!tables_ || params_.dft == nullptr) {  // a clone copies both with the plugin
             auto tables = std::make_shared<DeviceTables>();
-            std::vector<float> gw(host.gather_weight.begin(), host.gather_weight.end());
-            std::vector<float> sw(host.synth_weight.begin(), host.synth_weight.end());
-            std::vector<__half> dft(static_cast<size_t>(kp) * kp, __float2half(0.f)), dft_t(dft);
-            for (int r = 0; r < 2 * k; ++r)
-                for (int c = 0; c < 2 * k; ++c) {
-                    const float v = static_cast<float>(host.dft[r * 2 * k + c]);
-                    dft[r * kp + c] = __float2half(v);
-                    dft_t[c * kp + r] = __float2half(v);
-                }
-            tables->upload(host.gather_index);
-            tables->upload(gw);
-            tables->upload(host.synth_bin);
-            tables->upload(sw);
-            tables->upload(dft);
-            tables->upload(dft_t);
+            params_ = upload_frame(*tables, field("k"), field("rho"), field("d"));
             tables_ = tables;
         }
-        params_.k = k;
-        params_.rho_c = field("rho") / 2;
-        params_.d_c = field("d") / 2;
-        params_.kp = kp;
-        params_.gather_index = static_cast<int32_t const*>(tables_->buffers.at(0));
-        params_.gather_weight = static_cast<float const*>(tables_->buffers.at(1));
-        params_.synth_bin = static_cast<int32_t const*>(tables_->buffers.at(2));
-        params_.synth_weight = static_cast<float const*>(tables_->buffers.at(3));
-        params_.dft = static_cast<__half const*>(tables_->buffers.at(4));
-        params_.dft_t = static_cast<__half const*>(tables_->buffers.at(5));
         const cudaError_t err = launch_frame(params_, inputs[0], outputs[0], leading_rows(inputDesc[0].dims),
                                              dtype_of(inputDesc[0].type), field("transpose") == 1, stream);
         if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
@@ -414,6 +421,263 @@ int32_t FQPackedMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginT
     }
 }
 
+// ---- FQFrameLinear --------------------------------------------------------------------------
+
+namespace {
+char const* const kLayerFields[] = {"in_dim",   "out_dim",     "rotate_in",     "seed_in",
+                                    "frame_in_k", "frame_in_rho", "rotate_out",  "seed_out",
+                                    "frame_out_k", "frame_out_rho", "bits",      "layout_version"};
+}  // namespace
+
+FQFrameLinearPlugin::FQFrameLinearPlugin(std::vector<int32_t> values)
+    : FQPluginBase("FQFrameLinear", std::vector<std::string>(std::begin(kLayerFields), std::end(kLayerFields)),
+                   std::move(values)) {
+    const int bits = field("bits");
+    if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
+        throw std::invalid_argument("FQFrameLinear: bits must be 2, 3, 4 or 8");
+    if (field("layout_version") != 1)
+        throw std::invalid_argument("FQFrameLinear: only packing layout version 1 is supported");
+    for (char const* side : {"in", "out"}) {
+        const std::string s(side);
+        const int dim = field((s + "_dim").c_str()), k = field(("frame_" + s + "_k").c_str());
+        const int rho = field(("frame_" + s + "_rho").c_str()), rotate = field(("rotate_" + s).c_str());
+        if (dim < 1) throw std::invalid_argument("FQFrameLinear: " + s + "_dim must be positive");
+        if (rotate != 0 && rotate != 1) throw std::invalid_argument("FQFrameLinear: rotate_" + s + " must be 0 or 1");
+        if ((k == 0) != (rho == 0))
+            throw std::invalid_argument("FQFrameLinear: frame_" + s + "_k and _rho must both be 0 or both positive");
+        if (k != 0 && !tff_exists(k, rho, dim))
+            throw std::invalid_argument("FQFrameLinear: no tight fusion frame for the " + s + " side's (k, rho, dim)");
+        if (k > kMaxFrameBlock) throw std::invalid_argument("FQFrameLinear: frame k above the kernels' limit of 64");
+    }
+    const FrameLinearParams p = shape_params();
+    if (p.matmul.in_features % 2)
+        throw std::invalid_argument("FQFrameLinear: K_in must be even (the packed matmul reads pairs)");
+}
+
+FQFrameLinearPlugin::FQFrameLinearPlugin(FQFrameLinearPlugin const& other)
+    : FQPluginBase(other), params_(other.params_) {}  // barrier and handles: the clone makes its own
+
+FQFrameLinearPlugin::~FQFrameLinearPlugin() {
+    if (barrier_) cudaFree(barrier_);
+#ifdef FQ_WITH_CUBLAS
+    if (cublas_) cublasDestroy(static_cast<cublasHandle_t>(cublas_));
+    if (cublaslt_) cublasLtDestroy(static_cast<cublasLtHandle_t>(cublaslt_));
+#endif
+}
+
+nvinfer1::IPluginV3* FQFrameLinearPlugin::clone() noexcept {
+    try {
+        return new FQFrameLinearPlugin(*this);
+    } catch (std::exception const& e) {
+        log_error(e.what());
+        return nullptr;
+    }
+}
+
+FrameLinearParams FQFrameLinearPlugin::shape_params() const {
+    FrameLinearParams p;
+    auto side = [this](char const* s, bool& has_rotation, RotationParams& r, bool& has_frame, FrameParams& f) {
+        const std::string n(s);
+        const int dim = field((n + "_dim").c_str()), k = field(("frame_" + n + "_k").c_str());
+        has_rotation = field(("rotate_" + n).c_str()) == 1;
+        if (has_rotation) {
+            r.dim = dim;
+            r.power = dim & -dim;
+            r.odd = dim / r.power;
+        }
+        has_frame = k != 0;
+        if (has_frame) {
+            f.k = k;
+            f.rho_c = field(("frame_" + n + "_rho").c_str()) / 2;
+            f.d_c = dim / 2;
+            f.kp = (2 * k + 15) / 16 * 16;
+        }
+        return has_frame ? f.num_vectors() : dim;
+    };
+    p.matmul.in_features = side("in", p.has_rotation_in, p.rotation_in, p.has_frame_in, p.frame_in);
+    p.matmul.out_features = side("out", p.has_rotation_out, p.rotation_out, p.has_frame_out, p.frame_out);
+    p.matmul.bits = field("bits");
+    p.matmul.words_per_row = (p.matmul.in_features + 31) / 32 * p.matmul.bits;
+    return p;
+}
+
+FQFrameLinearPlugin::Path FQFrameLinearPlugin::path_for(DataType type, int64_t rows) const {
+    if (rows <= 1) return Path::kFused;
+#ifdef FQ_WITH_CUBLAS
+    if (type == DataType::kHALF && rows >= kPackedGemmMinRows) {
+        const FrameLinearParams p = shape_params();
+        return rows >= dense_min_rows(p.in_dim(), p.out_dim(), p.matmul.out_features) ? Path::kDense : Path::kGemm;
+    }
+#else
+    (void)type;
+#endif
+    return Path::kThreeLaunches;
+}
+
+size_t FQFrameLinearPlugin::workspace_for(DataType type, int64_t rows) const {
+    const FrameLinearParams p = shape_params();
+    size_t bytes = narrowed_bytes(p.matmul.out_features);
+    switch (path_for(type, rows)) {
+        case Path::kFused:
+        case Path::kThreeLaunches: return bytes + frame_linear_workspace_bytes(p, rows);
+#ifdef FQ_WITH_CUBLAS
+        case Path::kGemm: return bytes + frame_linear_gemm_workspace_bytes(p, rows);
+        case Path::kDense: return bytes + frame_linear_dense_workspace_bytes(p);
+#else
+        default: break;
+#endif
+    }
+    return bytes;
+}
+
+void FQFrameLinearPlugin::prepare(DataType type, int64_t rows) {
+    if (!tables_ || params_.matmul.in_features == 0) {
+        FrameLinearParams p = shape_params();
+        auto tables = std::make_shared<DeviceTables>();
+        if (p.has_rotation_in) p.rotation_in = upload_rotation(*tables, field("in_dim"), field("seed_in"));
+        if (p.has_frame_in) p.frame_in = upload_frame(*tables, field("frame_in_k"), field("frame_in_rho"), field("in_dim"));
+        if (p.has_frame_out)
+            p.frame_out = upload_frame(*tables, field("frame_out_k"), field("frame_out_rho"), field("out_dim"));
+        if (p.has_rotation_out) p.rotation_out = upload_rotation(*tables, field("out_dim"), field("seed_out"));
+        params_ = p;
+        tables_ = tables;
+    }
+    const Path path = path_for(type, rows);
+    if (path == Path::kFused && !barrier_) {
+        void* word = nullptr;
+        if (cudaMalloc(&word, sizeof(unsigned int)) != cudaSuccess) throw std::runtime_error("cudaMalloc failed");
+        barrier_ = static_cast<unsigned int*>(word);
+        if (cudaMemset(barrier_, 0, sizeof(unsigned int)) != cudaSuccess) throw std::runtime_error("cudaMemset failed");
+    }
+#ifdef FQ_WITH_CUBLAS
+    if (path == Path::kGemm && !cublas_) {
+        cublasHandle_t handle = nullptr;
+        if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cublasCreate failed");
+        cublas_ = handle;
+    }
+    if (path == Path::kDense && !cublaslt_) {
+        cublasLtHandle_t handle = nullptr;
+        if (cublasLtCreate(&handle) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cublasLtCreate failed");
+        cublaslt_ = handle;
+    }
+#endif
+}
+
+int32_t FQFrameLinearPlugin::onShapeChange(PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const*,
+                                           int32_t) noexcept {
+    try {
+        if (nbInputs != 5) throw std::invalid_argument("expects 5 inputs (x, packed_codes, scale, zero, bias)");
+        prepare(in[0].type, leading_rows(in[0].dims));
+        return 0;
+    } catch (std::exception const& e) {
+        log_error(std::string("FQFrameLinear: ") + e.what());
+        return 1;
+    }
+}
+
+int32_t FQFrameLinearPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
+                                             DimsExprs* outputs, int32_t nbOutputs,
+                                             nvinfer1::IExprBuilder& builder) noexcept {
+    if (nbInputs != 5 || nbOutputs != 1) return 1;
+    return copy_with_last(inputs[0], outputs, field("out_dim"), builder);
+}
+
+bool FQFrameLinearPlugin::supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut,
+                                                    int32_t nbInputs, int32_t nbOutputs) noexcept {
+    if (nbInputs != 5 || nbOutputs != 1) return false;
+    auto const& desc = inOut[pos].desc;
+    if (desc.format != TensorFormat::kLINEAR) return false;
+    switch (pos) {
+        case 0: return desc.type == DataType::kHALF || desc.type == DataType::kFLOAT;  // x
+        case 1: return desc.type == DataType::kINT32;                                   // packed codes
+        case 2: return desc.type == DataType::kHALF || desc.type == DataType::kFLOAT;  // scale
+        case 3: return desc.type == inOut[2].desc.type;                                 // zero
+        case 4: return desc.type == DataType::kFLOAT;                                   // bias
+        case 5: return desc.type == inOut[0].desc.type;                                 // y
+        default: return false;
+    }
+}
+
+size_t FQFrameLinearPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+                                             DynamicPluginTensorDesc const*, int32_t) const noexcept {
+    if (nbInputs < 1) return 0;
+    try {
+        // Each path's workspace grows with the rows and the path changes with them: the largest
+        // is at the profile's maximum or at the last row count of a lower path.
+        const DataType type = inputs[0].desc.type;
+        const int64_t most = std::max<int64_t>(1, leading_rows(inputs[0].max));
+        const FrameLinearParams p = shape_params();
+        const int64_t dense = dense_min_rows(p.in_dim(), p.out_dim(), p.matmul.out_features);
+        size_t bytes = 0;
+        for (int64_t rows : {most, std::min<int64_t>(most, kPackedGemmMinRows - 1), std::min<int64_t>(most, dense - 1),
+                             int64_t{1}})
+            if (rows >= 1) bytes = std::max(bytes, workspace_for(type, rows));
+        return bytes;
+    } catch (std::exception const& e) {
+        log_error(std::string("FQFrameLinear: ") + e.what());
+        return 0;
+    }
+}
+
+int32_t FQFrameLinearPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const*,
+                                     void const* const* inputs, void* const* outputs, void* workspace,
+                                     cudaStream_t stream) noexcept {
+    try {
+        if (!tables_) throw std::runtime_error("tables not uploaded (onShapeChange did not run)");
+        FrameLinearParams p = params_;
+        auto const& codes = inputDesc[1].dims;
+        if (codes.nbDims != 2 || codes.d[0] != p.matmul.out_features || codes.d[1] != p.matmul.words_per_row)
+            throw std::invalid_argument("packed_codes must have shape (K_out, ceil(K_in/32)*bits)");
+        if (inputDesc[4].dims.nbDims != 1 || inputDesc[4].dims.d[0] != p.out_dim())
+            throw std::invalid_argument("bias must have shape (out_dim,)");
+        p.matmul.codes = static_cast<uint32_t const*>(inputs[1]);
+        p.bias = static_cast<float const*>(inputs[4]);
+        const int64_t k_out = p.matmul.out_features;
+        if (inputDesc[2].type == DataType::kFLOAT) {
+            __half* narrowed = static_cast<__half*>(workspace);
+            cudaError_t err = launch_half_from_float(static_cast<float const*>(inputs[2]), narrowed, k_out, stream);
+            if (err == cudaSuccess)
+                err = launch_half_from_float(static_cast<float const*>(inputs[3]), narrowed + k_out, k_out, stream);
+            if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
+            p.matmul.scale = narrowed;
+            p.matmul.zero = narrowed + k_out;
+        } else {
+            p.matmul.scale = static_cast<__half const*>(inputs[2]);
+            p.matmul.zero = static_cast<__half const*>(inputs[3]);
+        }
+        void* ws = static_cast<char*>(workspace) + narrowed_bytes(k_out);
+        const int64_t rows = leading_rows(inputDesc[0].dims);
+        const DType dtype = dtype_of(inputDesc[0].type);
+        cudaError_t err = cudaSuccess;
+        switch (path_for(inputDesc[0].type, rows)) {
+            case Path::kFused:
+                if (!barrier_) throw std::runtime_error("no barrier word (onShapeChange did not run)");
+                err = launch_frame_linear_fused(p, inputs[0], outputs[0], rows, dtype, ws, barrier_, stream);
+                break;
+            case Path::kThreeLaunches:
+                err = launch_frame_linear_unfused(p, inputs[0], outputs[0], rows, dtype, ws, stream);
+                break;
+#ifdef FQ_WITH_CUBLAS
+            case Path::kGemm:
+                if (!cublas_) throw std::runtime_error("no cuBLAS handle (onShapeChange did not run)");
+                err = launch_frame_linear_gemm(p, inputs[0], outputs[0], rows, ws, cublas_, stream);
+                break;
+            case Path::kDense:
+                if (!cublaslt_) throw std::runtime_error("no cuBLASLt handle (onShapeChange did not run)");
+                err = launch_frame_linear_dense(p, inputs[0], outputs[0], rows, ws, cublaslt_, stream);
+                break;
+#else
+            default: throw std::logic_error("path needs cuBLAS");
+#endif
+        }
+        if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
+        return 0;
+    } catch (std::exception const& e) {
+        log_error(std::string("FQFrameLinear: ") + e.what());
+        return 1;
+    }
+}
+
 // ---- creators -------------------------------------------------------------------------------
 
 template <typename Plugin>
@@ -465,6 +729,7 @@ nvinfer1::IPluginV3* FQPluginCreator<Plugin>::createPlugin(char const*, nvinfer1
 template class FQPluginCreator<FQHadamardRotationPlugin>;
 template class FQPluginCreator<FQFrameTransformPlugin>;
 template class FQPluginCreator<FQPackedMatMulPlugin>;
+template class FQPluginCreator<FQFrameLinearPlugin>;
 
 }  // namespace trt
 }  // namespace fq
@@ -479,13 +744,16 @@ namespace {
 using RotationCreator = fq::trt::FQPluginCreator<fq::trt::FQHadamardRotationPlugin>;
 using FrameCreator = fq::trt::FQPluginCreator<fq::trt::FQFrameTransformPlugin>;
 using MatMulCreator = fq::trt::FQPluginCreator<fq::trt::FQPackedMatMulPlugin>;
+using LayerCreator = fq::trt::FQPluginCreator<fq::trt::FQFrameLinearPlugin>;
 
 nvinfer1::IPluginCreatorInterface* const* all_creators(int32_t& count) {
     static RotationCreator rotation("FQHadamardRotation", {"dim", "seed", "transpose"});
     static FrameCreator frame("FQFrameTransform", {"k", "rho", "d", "transpose"});
     static MatMulCreator matmul("FQPackedMatMul", {"bits", "in_features", "out_features", "layout_version"});
-    static nvinfer1::IPluginCreatorInterface* creators[] = {&rotation, &frame, &matmul};
-    count = 3;
+    static LayerCreator layer("FQFrameLinear", std::vector<std::string>(std::begin(fq::trt::kLayerFields),
+                                                                      std::end(fq::trt::kLayerFields)));
+    static nvinfer1::IPluginCreatorInterface* creators[] = {&rotation, &frame, &matmul, &layer};
+    count = 4;
     return creators;
 }
 }  // namespace

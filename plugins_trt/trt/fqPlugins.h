@@ -1,5 +1,6 @@
 // TensorRT IPluginV3 glue for the FrameQuant ops of fq_export/plugin_ops.py:
-// FQHadamardRotation, FQFrameTransform, FQPackedMatMul (version "1", namespace "").
+// FQHadamardRotation, FQFrameTransform, FQPackedMatMul and the whole-layer FQFrameLinear
+// (version "1", namespace "").
 //
 // The glue knows nothing about the kernels' internals: it checks shapes and types, turns the
 // INT fields into the recipes, uploads the tables that csrc/recipe.h regenerates, and calls the
@@ -148,6 +149,45 @@ private:
     static bool use_gemm(nvinfer1::DataType type, int64_t rows);
     PackedMatMulParams shape_params() const;
     void* cublas_ = nullptr;  // cublasHandle_t
+};
+
+// The whole layer in one node (FQFrameLinear): x, packed codes, scale, zero, bias (fp32) -> y.
+// Its path follows the harness' automatic choice: the single-launch layer for one row, three
+// launches otherwise, and, built with cuBLAS, for fp16 the gemm path from kPackedGemmMinRows rows
+// and the dense form from dense_min_rows rows. The tables, the single-launch layer's barrier word
+// and the cuBLAS / cuBLASLt handles are made in onShapeChange (never inside a captured enqueue);
+// a clone shares the tables and makes its own barrier and handles.
+class FQFrameLinearPlugin : public FQPluginBase {
+public:
+    explicit FQFrameLinearPlugin(std::vector<int32_t> values);
+    FQFrameLinearPlugin(FQFrameLinearPlugin const& other);
+    FQFrameLinearPlugin& operator=(FQFrameLinearPlugin const&) = delete;
+    ~FQFrameLinearPlugin() override;
+    char const* getPluginName() const noexcept override { return "FQFrameLinear"; }
+    nvinfer1::IPluginV3* clone() noexcept override;
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
+                          int32_t nbOutputs) noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
+                            int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+                            nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+                                   int32_t nbOutputs) noexcept override;
+    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+                            nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+                    void const* const* inputs, void* const* outputs, void* workspace,
+                    cudaStream_t stream) noexcept override;
+
+private:
+    enum class Path { kFused, kThreeLaunches, kGemm, kDense };
+    Path path_for(nvinfer1::DataType type, int64_t rows) const;
+    FrameLinearParams shape_params() const;  // sizes only, no table pointers
+    size_t workspace_for(nvinfer1::DataType type, int64_t rows) const;
+    void prepare(nvinfer1::DataType type, int64_t rows);  // what path_for(type, rows) needs
+    FrameLinearParams params_{};  // with the table pointers once the tables are uploaded
+    unsigned int* barrier_ = nullptr;
+    void* cublas_ = nullptr;    // cublasHandle_t
+    void* cublaslt_ = nullptr;  // cublasLtHandle_t
 };
 
 // One creator per plugin: field names with defaults, createPlugin for the parser's fields
