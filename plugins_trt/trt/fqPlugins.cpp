@@ -37,6 +37,16 @@ void log_error(std::string const& message) {
     nvinfer1::ILogger* logger = g_logger_finder ? g_logger_finder->findLogger() : nullptr;
     if (logger) logger->log(nvinfer1::ILogger::Severity::kERROR, message.c_str());
 }
+
+// clone() of every plugin: a copy, or nullptr (logged) where the copy throws.
+template <typename Plugin> nvinfer1::IPluginV3* copy_of(Plugin const& plugin) noexcept {
+    try {
+        return new Plugin(plugin);
+    } catch (std::exception const& e) {
+        log_error(e.what());
+        return nullptr;
+    }
+}
 }  // namespace
 
 DeviceTables::~DeviceTables() {
@@ -183,14 +193,7 @@ FQHadamardRotationPlugin::FQHadamardRotationPlugin(std::vector<int32_t> values)
         throw std::invalid_argument("FQHadamardRotation: transpose must be 0 or 1");
 }
 
-nvinfer1::IPluginV3* FQHadamardRotationPlugin::clone() noexcept {
-    try {
-        return new FQHadamardRotationPlugin(*this);
-    } catch (std::exception const& e) {
-        log_error(e.what());
-        return nullptr;
-    }
-}
+nvinfer1::IPluginV3* FQHadamardRotationPlugin::clone() noexcept { return copy_of(*this); }
 
 int32_t FQHadamardRotationPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
                                                   DimsExprs* outputs, int32_t nbOutputs,
@@ -240,14 +243,7 @@ FQFrameTransformPlugin::FQFrameTransformPlugin(std::vector<int32_t> values)
         throw std::invalid_argument("FQFrameTransform: k above the kernels' limit of 64");
 }
 
-nvinfer1::IPluginV3* FQFrameTransformPlugin::clone() noexcept {
-    try {
-        return new FQFrameTransformPlugin(*this);
-    } catch (std::exception const& e) {
-        log_error(e.what());
-        return nullptr;
-    }
-}
+nvinfer1::IPluginV3* FQFrameTransformPlugin::clone() noexcept { return copy_of(*this); }
 
 int32_t FQFrameTransformPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
                                                 DimsExprs* outputs, int32_t nbOutputs,
@@ -280,6 +276,53 @@ int32_t FQFrameTransformPlugin::enqueue(PluginTensorDesc const* inputDesc, Plugi
         return 1;
     }
 }
+
+namespace {
+// ---- what FQPackedMatMul and FQFrameLinear share: x, packed codes, scale, zero ----------------
+
+// Bytes of the fp16 copies of fp32 scale/zero, rounded so that what follows is 256-byte aligned.
+size_t narrowed_bytes(int64_t out_features) {
+    return (2 * sizeof(__half) * static_cast<size_t>(out_features) + 255) / 256 * 256;
+}
+
+// Formats of inputs 0..3 (x, packed codes, scale, zero) and of the output, which follows x.
+bool packed_input_ok(int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs) {
+    auto const& desc = inOut[pos].desc;
+    if (desc.format != TensorFormat::kLINEAR) return false;
+    if (pos == nbInputs) return desc.type == inOut[0].desc.type;                         // output
+    switch (pos) {
+        case 0: return desc.type == DataType::kHALF || desc.type == DataType::kFLOAT;  // x
+        case 1: return desc.type == DataType::kINT32;                                   // packed codes
+        case 2: return desc.type == DataType::kHALF || desc.type == DataType::kFLOAT;  // scale
+        case 3: return desc.type == inOut[2].desc.type;                                 // zero
+        default: return false;
+    }
+}
+
+// Codes shape check, codes pointer, and scale/zero into p: fp16 inputs as they are, fp32 ones
+// (the plugin-form ONNX casts its fp16 initializers) narrowed into the first
+// narrowed_bytes(out_features) of the workspace.
+void bind_packed_inputs(PackedMatMulParams& p, PluginTensorDesc const* inputDesc, void const* const* inputs,
+                        void* workspace, cudaStream_t stream) {
+    auto const& codes = inputDesc[1].dims;
+    if (codes.nbDims != 2 || codes.d[0] != p.out_features || codes.d[1] != p.words_per_row)
+        throw std::invalid_argument("packed_codes must have shape (out_features, ceil(in_features/32)*bits)");
+    p.codes = static_cast<uint32_t const*>(inputs[1]);
+    if (inputDesc[2].type == DataType::kFLOAT) {
+        __half* narrowed = static_cast<__half*>(workspace);
+        cudaError_t err = launch_half_from_float(static_cast<float const*>(inputs[2]), narrowed, p.out_features, stream);
+        if (err == cudaSuccess)
+            err = launch_half_from_float(static_cast<float const*>(inputs[3]), narrowed + p.out_features, p.out_features,
+                                         stream);
+        if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
+        p.scale = narrowed;
+        p.zero = narrowed + p.out_features;
+    } else {
+        p.scale = static_cast<__half const*>(inputs[2]);
+        p.zero = static_cast<__half const*>(inputs[3]);
+    }
+}
+}  // namespace
 
 // ---- FQPackedMatMul -------------------------------------------------------------------------
 
@@ -337,14 +380,7 @@ int32_t FQPackedMatMulPlugin::onShapeChange(PluginTensorDesc const* in, int32_t 
     return 0;
 }
 
-nvinfer1::IPluginV3* FQPackedMatMulPlugin::clone() noexcept {
-    try {
-        return new FQPackedMatMulPlugin(*this);
-    } catch (std::exception const& e) {
-        log_error(e.what());
-        return nullptr;
-    }
-}
+nvinfer1::IPluginV3* FQPackedMatMulPlugin::clone() noexcept { return copy_of(*this); }
 
 int32_t FQPackedMatMulPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
                                               DimsExprs* outputs, int32_t nbOutputs,
@@ -355,22 +391,7 @@ int32_t FQPackedMatMulPlugin::getOutputShapes(DimsExprs const* inputs, int32_t n
 
 bool FQPackedMatMulPlugin::supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut,
                                                      int32_t nbInputs, int32_t nbOutputs) noexcept {
-    if (nbInputs != 4 || nbOutputs != 1) return false;
-    auto const& desc = inOut[pos].desc;
-    if (desc.format != TensorFormat::kLINEAR) return false;
-    switch (pos) {
-        case 0: return desc.type == DataType::kHALF || desc.type == DataType::kFLOAT;  // x
-        case 1: return desc.type == DataType::kINT32;                                   // packed codes
-        case 2: return desc.type == DataType::kHALF || desc.type == DataType::kFLOAT;  // scale
-        case 3: return desc.type == inOut[2].desc.type;                                 // zero
-        case 4: return desc.type == inOut[0].desc.type;                                 // z
-        default: return false;
-    }
-}
-
-// Bytes of the fp16 copies of fp32 scale/zero, rounded so that what follows is 256-byte aligned.
-static size_t narrowed_bytes(int64_t out_features) {
-    return (2 * sizeof(__half) * static_cast<size_t>(out_features) + 255) / 256 * 256;
+    return nbInputs == 4 && nbOutputs == 1 && packed_input_ok(pos, inOut, nbInputs);
 }
 
 size_t FQPackedMatMulPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
@@ -386,23 +407,7 @@ int32_t FQPackedMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginT
                                       cudaStream_t stream) noexcept {
     try {
         PackedMatMulParams p = shape_params();
-        auto const& codes = inputDesc[1].dims;
-        if (codes.nbDims != 2 || codes.d[0] != p.out_features || codes.d[1] != p.words_per_row)
-            throw std::invalid_argument("packed_codes must have shape (out_features, ceil(in_features/32)*bits)");
-        p.codes = static_cast<uint32_t const*>(inputs[1]);
-        if (inputDesc[2].type == DataType::kFLOAT) {
-            __half* narrowed = static_cast<__half*>(workspace);
-            cudaError_t err = launch_half_from_float(static_cast<float const*>(inputs[2]), narrowed, p.out_features, stream);
-            if (err == cudaSuccess)
-                err = launch_half_from_float(static_cast<float const*>(inputs[3]), narrowed + p.out_features,
-                                             p.out_features, stream);
-            if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
-            p.scale = narrowed;
-            p.zero = narrowed + p.out_features;
-        } else {
-            p.scale = static_cast<__half const*>(inputs[2]);
-            p.zero = static_cast<__half const*>(inputs[3]);
-        }
+        bind_packed_inputs(p, inputDesc, inputs, workspace, stream);
         const int64_t rows = leading_rows(inputDesc[0].dims);
         cudaError_t err;
         if (use_gemm(inputDesc[0].type, rows)) {
@@ -465,14 +470,7 @@ FQFrameLinearPlugin::~FQFrameLinearPlugin() {
 #endif
 }
 
-nvinfer1::IPluginV3* FQFrameLinearPlugin::clone() noexcept {
-    try {
-        return new FQFrameLinearPlugin(*this);
-    } catch (std::exception const& e) {
-        log_error(e.what());
-        return nullptr;
-    }
-}
+nvinfer1::IPluginV3* FQFrameLinearPlugin::clone() noexcept { return copy_of(*this); }
 
 FrameLinearParams FQFrameLinearPlugin::shape_params() const {
     FrameLinearParams p;
@@ -585,17 +583,8 @@ int32_t FQFrameLinearPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nb
 bool FQFrameLinearPlugin::supportsFormatCombination(int32_t pos, DynamicPluginTensorDesc const* inOut,
                                                     int32_t nbInputs, int32_t nbOutputs) noexcept {
     if (nbInputs != 5 || nbOutputs != 1) return false;
-    auto const& desc = inOut[pos].desc;
-    if (desc.format != TensorFormat::kLINEAR) return false;
-    switch (pos) {
-        case 0: return desc.type == DataType::kHALF || desc.type == DataType::kFLOAT;  // x
-        case 1: return desc.type == DataType::kINT32;                                   // packed codes
-        case 2: return desc.type == DataType::kHALF || desc.type == DataType::kFLOAT;  // scale
-        case 3: return desc.type == inOut[2].desc.type;                                 // zero
-        case 4: return desc.type == DataType::kFLOAT;                                   // bias
-        case 5: return desc.type == inOut[0].desc.type;                                 // y
-        default: return false;
-    }
+    if (pos == 4) return inOut[pos].desc.format == TensorFormat::kLINEAR && inOut[pos].desc.type == DataType::kFLOAT;
+    return packed_input_ok(pos, inOut, nbInputs);  // x, codes, scale, zero; y follows x
 }
 
 size_t FQFrameLinearPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
@@ -625,26 +614,11 @@ int32_t FQFrameLinearPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
     try {
         if (!tables_) throw std::runtime_error("tables not uploaded (onShapeChange did not run)");
         FrameLinearParams p = params_;
-        auto const& codes = inputDesc[1].dims;
-        if (codes.nbDims != 2 || codes.d[0] != p.matmul.out_features || codes.d[1] != p.matmul.words_per_row)
-            throw std::invalid_argument("packed_codes must have shape (K_out, ceil(K_in/32)*bits)");
+        bind_packed_inputs(p.matmul, inputDesc, inputs, workspace, stream);
         if (inputDesc[4].dims.nbDims != 1 || inputDesc[4].dims.d[0] != p.out_dim())
             throw std::invalid_argument("bias must have shape (out_dim,)");
-        p.matmul.codes = static_cast<uint32_t const*>(inputs[1]);
         p.bias = static_cast<float const*>(inputs[4]);
         const int64_t k_out = p.matmul.out_features;
-        if (inputDesc[2].type == DataType::kFLOAT) {
-            __half* narrowed = static_cast<__half*>(workspace);
-            cudaError_t err = launch_half_from_float(static_cast<float const*>(inputs[2]), narrowed, k_out, stream);
-            if (err == cudaSuccess)
-                err = launch_half_from_float(static_cast<float const*>(inputs[3]), narrowed + k_out, k_out, stream);
-            if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
-            p.matmul.scale = narrowed;
-            p.matmul.zero = narrowed + k_out;
-        } else {
-            p.matmul.scale = static_cast<__half const*>(inputs[2]);
-            p.matmul.zero = static_cast<__half const*>(inputs[3]);
-        }
         void* ws = static_cast<char*>(workspace) + narrowed_bytes(k_out);
         const int64_t rows = leading_rows(inputDesc[0].dims);
         const DType dtype = dtype_of(inputDesc[0].type);
