@@ -439,24 +439,24 @@ FQFrameLinearPlugin::FQFrameLinearPlugin(std::vector<int32_t> values)
                    std::move(values)) {
     const int bits = field("bits");
     if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
-        throw std::invalid_argument("FQFrameLinear: bits must be 2, 3, 4 or 8");
+        throw std::invalid_argument("bits must be 2, 3, 4 or 8");
     if (field("layout_version") != 1)
-        throw std::invalid_argument("FQFrameLinear: only packing layout version 1 is supported");
+        throw std::invalid_argument("only packing layout version 1 is supported");
     for (char const* side : {"in", "out"}) {
         const std::string s(side);
         const int dim = field((s + "_dim").c_str()), k = field(("frame_" + s + "_k").c_str());
         const int rho = field(("frame_" + s + "_rho").c_str()), rotate = field(("rotate_" + s).c_str());
-        if (dim < 1) throw std::invalid_argument("FQFrameLinear: " + s + "_dim must be positive");
-        if (rotate != 0 && rotate != 1) throw std::invalid_argument("FQFrameLinear: rotate_" + s + " must be 0 or 1");
+        if (dim < 1) throw std::invalid_argument(s + "_dim must be positive");
+        if (rotate != 0 && rotate != 1) throw std::invalid_argument("rotate_" + s + " must be 0 or 1");
         if ((k == 0) != (rho == 0))
-            throw std::invalid_argument("FQFrameLinear: frame_" + s + "_k and _rho must both be 0 or both positive");
+            throw std::invalid_argument("frame_" + s + "_k and _rho must both be 0 or both positive");
         if (k != 0 && !tff_exists(k, rho, dim))
-            throw std::invalid_argument("FQFrameLinear: no tight fusion frame for the " + s + " side's (k, rho, dim)");
-        if (k > kMaxFrameBlock) throw std::invalid_argument("FQFrameLinear: frame k above the kernels' limit of 64");
+            throw std::invalid_argument("no tight fusion frame for the " + s + " side's (k, rho, dim)");
+        if (k > kMaxFrameBlock) throw std::invalid_argument("frame k above the kernels' limit of 64");
     }
     const FrameLinearParams p = shape_params();
     if (p.matmul.in_features % 2)
-        throw std::invalid_argument("FQFrameLinear: K_in must be even (the packed matmul reads pairs)");
+        throw std::invalid_argument("K_in must be even (the packed matmul reads pairs)");
 }
 
 FQFrameLinearPlugin::FQFrameLinearPlugin(FQFrameLinearPlugin const& other)

@@ -1,0 +1,122 @@
+"""The FQFrameLinear TensorRT plugin run through TensorRT's calling sequence, without TensorRT.
+
+TensorRT's runtime cannot be installed here, but its headers can be had (NVIDIA/TensorRT) and the
+plugin's glue does not link libnvinfer. ``plugin_glue_check.cpp`` links the plugin library's
+sources and drives the plugin the way TensorRT does (creator, build checks, serialization,
+context clone, onShapeChange + enqueue per case, workspace as asked for and filled with NaN).
+This script writes its data (a random 768x768 FrameQuant layer, inputs, float64 references and
+tolerances), builds it with nvcc and runs it on the GPU:
+
+    python plugins_trt/tools/plugin_glue_check.py run --trt-include /path/to/TensorRT/include
+
+The cases cover the plugin's four paths at the default thresholds: 1 row (single launch), 16 rows
+(three launches), 300 fp16 rows (gemm path), 1000 fp16 rows (dense form, from dense_min_rows =
+804 rows for 768x768) and 300 fp32 rows; scale/zero fp32 (as the ONNX Cast gives them) and fp16.
+Tolerance as in tests/test_plugins_kernels.py: relative error at most twice PyTorch's fp16 error.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from converters.subgraphs import layer_attributes  # noqa: E402
+from fq_export import plugin_ops  # noqa: E402
+from plugins_trt import harness  # noqa: E402
+
+CASES = {  # name: (rows, activations, scale/zero dtype)
+    "single": (1, 16, 32),
+    "three": (16, 16, 32),
+    "gemm": (300, 16, 32),
+    "dense": (1000, 16, 16),
+    "fp32": (300, 32, 32),
+}
+IN_F = OUT_F = 768
+
+
+def forward(layer, x: torch.Tensor, dtype) -> torch.Tensor:
+    """The five steps with fq_export's operators in ``dtype`` (float64 reference, fp16 PyTorch)."""
+    c = layer.in_basis.to_frame(x.to(dtype))
+    y = layer.out_basis.from_frame(c @ layer._dequantized.to(dtype).T)
+    return y + layer.bias.to(dtype)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def write_data(folder: Path, seed: int = 5) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    layer = harness.random_frame_layer(IN_F, OUT_F, seed=seed)
+    attrs = layer_attributes(layer)
+    names = list(plugin_ops.ATTRIBUTES[plugin_ops.LAYER_OP])
+    k_out = layer.frame_shape[0]
+    layer.packed_codes.numpy().astype(np.int32).tofile(folder / "codes.bin")
+    layer.scale.float().numpy().tofile(folder / "scale.bin")
+    layer.zero.float().numpy().tofile(folder / "zero.bin")
+    layer.bias.float().numpy().tofile(folder / "bias.bin")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu_layer = layer.to(dev)
+    lines = [f"fields {' '.join(names)}", f"values {' '.join(str(attrs[n]) for n in names)}",
+             f"in_dim {IN_F}", f"out_dim {OUT_F}", f"k_out {k_out}", f"words {layer.packed_codes.shape[1]}",
+             f"max_rows {max(c[0] for c in CASES.values())}", f"cases {' '.join(CASES)}"]
+    gen = torch.Generator().manual_seed(seed)
+    for name, (rows, act, sz) in CASES.items():
+        x = torch.randn(rows, IN_F, generator=gen)
+        x_in = x.half().float() if act == 16 else x  # what the plugin is given
+        ref = forward(gpu_layer, x_in.to(dev), torch.float64)
+        e16 = rel_err(forward(gpu_layer, x_in.to(dev), torch.float16), ref)
+        x_in.numpy().astype(np.float32).tofile(folder / f"x_{name}.bin")
+        ref.cpu().numpy().astype(np.float64).tofile(folder / f"y_{name}.bin")
+        lines.append(f"case_{name} {rows} {act} {sz} {2 * e16 + 1e-6:.6e}")
+    (folder / "meta.txt").write_text("\n".join(lines) + "\n")
+    assert harness_dense_rows(k_out) <= CASES["dense"][0] and CASES["gemm"][0] < harness_dense_rows(k_out)
+
+
+def harness_dense_rows(k_out: int) -> int:
+    """dense_min_rows of fq_kernels.h, evaluated here without the extension."""
+    return math.ceil(IN_F * (k_out + OUT_F) / (IN_F + OUT_F))
+
+
+def build(trt_include: Path, out: Path) -> None:
+    csrc = ROOT / "plugins_trt" / "csrc"
+    major, minor = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0)
+    cmd = ["nvcc", "-O2", "-std=c++17", f"-arch=sm_{major}{minor}", "--use_fast_math", "-DFQ_WITH_CUBLAS",
+           "-Xcompiler", "-Wno-deprecated-declarations",
+           "-I", str(csrc), "-I", str(trt_include), *sorted(str(p) for p in csrc.glob("*.cu")),
+           str(csrc / "gemm_cublas.cpp"), str(csrc / "recipe.cpp"), str(ROOT / "plugins_trt" / "trt" / "fqPlugins.cpp"),
+           str(Path(__file__).with_suffix(".cpp")), "-lcublas", "-lcublasLt", "-o", str(out)]
+    subprocess.run(cmd, check=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("data", help="write the layer, inputs and references")
+    d.add_argument("dir", type=Path)
+    r = sub.add_parser("run", help="write the data, build with nvcc, run")
+    r.add_argument("--trt-include", type=Path, required=True, help="TensorRT's include folder (NvInferRuntime.h)")
+    r.add_argument("--workdir", type=Path)
+    args = parser.parse_args(argv)
+    if args.cmd == "data":
+        write_data(args.dir)
+        return 0
+    if not (args.trt_include / "NvInferRuntime.h").exists():
+        raise SystemExit(f"no NvInferRuntime.h in {args.trt_include}")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="fq_glue_"))
+    write_data(work / "data")
+    build(args.trt_include, work / "plugin_glue_check")
+    return subprocess.run([str(work / "plugin_glue_check"), str(work / "data")]).returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
