@@ -250,18 +250,6 @@ def plugin_layer(b: Builder, x2: gs.Variable, layer: FrameQuantLinear) -> gs.Var
 
 
 
-def layer_attributes(layer: FrameQuantLinear) -> dict:
-    """The ``FQFrameLinear`` attributes of ``layer`` (fq_export.plugin_ops)."""
-    attrs = {"in_dim": layer.in_features, "out_dim": layer.out_features, "bits": layer.bits,
-             "layout_version": layer.layout_version}
-    for side, recipe in (("in", layer.in_recipe), ("out", layer.out_recipe)):
-        attrs[f"rotate_{side}"] = int(recipe.rotation is not None)
-        attrs[f"seed_{side}"] = recipe.rotation.seed if recipe.rotation is not None else 0
-        attrs[f"frame_{side}_k"] = recipe.frame.k if recipe.frame is not None else 0
-        attrs[f"frame_{side}_rho"] = recipe.frame.rho if recipe.frame is not None else 0
-    return attrs
-
-
 def plugin_layer_node(b: Builder, x2: gs.Variable, layer: FrameQuantLinear) -> gs.Variable:
     """The whole layer, bias included, as one ``FQFrameLinear`` node (the ``plugin-layer`` form)."""
     codes = b.const("packed_codes", layer.packed_codes.cpu().numpy().astype(np.int32))
@@ -272,4 +260,4 @@ def plugin_layer_node(b: Builder, x2: gs.Variable, layer: FrameQuantLinear) -> g
     bias = (layer.bias.float().cpu().numpy() if layer.bias is not None
             else np.zeros(layer.out_features, dtype=np.float32))
     return _plugin_node(b, plugin_ops.LAYER_OP, [x2, codes, scale, zero, b.const("bias", bias)],
-                        layer_attributes(layer), layer.out_features)
+                        plugin_ops.layer_attributes(layer), layer.out_features)

@@ -49,3 +49,15 @@ ATTRIBUTES = {
     LAYER_OP: ("in_dim", "out_dim", "rotate_in", "seed_in", "frame_in_k", "frame_in_rho", "rotate_out", "seed_out",
                "frame_out_k", "frame_out_rho", "bits", "layout_version"),
 }
+
+
+def layer_attributes(layer) -> dict:
+    """The ``FQFrameLinear`` attributes of a ``FrameQuantLinear`` (``in_recipe``/``out_recipe``)."""
+    attrs = {"in_dim": layer.in_features, "out_dim": layer.out_features, "bits": layer.bits,
+             "layout_version": layer.layout_version}
+    for side, recipe in (("in", layer.in_recipe), ("out", layer.out_recipe)):
+        attrs[f"rotate_{side}"] = int(recipe.rotation is not None)
+        attrs[f"seed_{side}"] = recipe.rotation.seed if recipe.rotation is not None else 0
+        attrs[f"frame_{side}_k"] = recipe.frame.k if recipe.frame is not None else 0
+        attrs[f"frame_{side}_rho"] = recipe.frame.rho if recipe.frame is not None else 0
+    return attrs

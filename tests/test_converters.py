@@ -125,10 +125,9 @@ def test_plugin_layer_form_runs_in_onnxruntime(tmp_path, rotate, frames, bias):
 
 def test_plugin_layer_op_refuses_bad_attributes():
     from converters import ort_ops
-    from converters.subgraphs import layer_attributes
 
     layer = random_layer(192, 192, 2)
-    attrs = layer_attributes(layer)
+    attrs = plugin_ops.layer_attributes(layer)
     args = (layer.packed_codes.numpy(), layer.scale.float().numpy(), layer.zero.float().numpy())
     with pytest.raises(ValueError, match="both be 0"):
         ort_ops.layer_from_attributes({**attrs, "frame_in_rho": 0}, *args, layer.bias.numpy())

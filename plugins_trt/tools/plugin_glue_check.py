@@ -29,7 +29,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from converters.subgraphs import layer_attributes  # noqa: E402
 from fq_export import plugin_ops  # noqa: E402
 from plugins_trt import harness  # noqa: E402
 
@@ -57,7 +56,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def write_data(folder: Path, seed: int = 5) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     layer = harness.random_frame_layer(IN_F, OUT_F, seed=seed)
-    attrs = layer_attributes(layer)
+    attrs = plugin_ops.layer_attributes(layer)
     names = list(plugin_ops.ATTRIBUTES[plugin_ops.LAYER_OP])
     k_out = layer.frame_shape[0]
     layer.packed_codes.numpy().astype(np.int32).tofile(folder / "codes.bin")
