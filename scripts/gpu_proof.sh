@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The H100 proof of plugins_trt (run from the repo root on the GPU machine; $OUT collects results):
 # kernel tests against fq_export's PyTorch reference (random and real MiniLM layers), whole-model
-# MiniLM and ViT-B/16 forward passes through the kernels, benchmarks/kernels.py and the split-kernel trace.
+# MiniLM and ViT-B/16 forward passes through the kernels, benchmarks/kernels.py, the FQFrameLinear plugin
+# glue check (where FQ_TRT_INCLUDE points at TensorRT's headers) and the split-kernel trace.
 set -u
 OUT=${OUT:-/tmp/fq-gpu-proof}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD
@@ -15,6 +16,12 @@ timeout ${WHOLE_TIMEOUT:-150} python plugins_trt/tools/whole_model.py run --mini
 echo "whole-model rc=$? $(( $(date +%s) - start ))s"; tail -30 "$OUT/whole_model.txt"
 timeout ${BENCH_TIMEOUT:-200} python benchmarks/kernels.py --json "$OUT/kernels_h100.json" > "$OUT/kernels.txt" 2>&1
 echo "bench rc=$? $(( $(date +%s) - start ))s"; tail -40 "$OUT/kernels.txt"
+# The FQFrameLinear plugin through TensorRT's calling sequence (needs TensorRT's headers only).
+if [ -f "${FQ_TRT_INCLUDE:-}/NvInferRuntime.h" ]; then
+  timeout ${GLUE_TIMEOUT:-300} python plugins_trt/tools/plugin_glue_check.py run --trt-include "$FQ_TRT_INCLUDE" \
+    > "$OUT/plugin_glue_check.txt" 2>&1
+  echo "glue rc=$? $(( $(date +%s) - start ))s"; grep "^case\|^ok\|FAILED" "$OUT/plugin_glue_check.txt"
+fi
 # Where the M = 1 time goes (a profiling build with %globaltimer stamps; TRACE_TIMEOUT=0 skips it).
 if [ "${TRACE_TIMEOUT:-150}" != 0 ]; then
   FQ_TRACE=1 timeout ${TRACE_TIMEOUT:-150} python plugins_trt/tools/trace_decode.py --path split \

@@ -276,6 +276,18 @@ def test_gemm_path_padding_is_zeroed(h, path):
     check_against(out, ref64, torch16, f"{path} after a NaN workspace")
 
 
+def test_dense_path_on_tensors_inside_an_allocation(h):
+    # cuBLASLt is told the actual alignment of x (here 16 bytes, inside a larger allocation), not
+    # the 256 bytes its heuristic assumes by default.
+    layer = random_layer(768, 768, seed=4).to(DEV)
+    rows = 1000
+    big = torch.randn(rows * 768 + 8, device=DEV).half()
+    x = big[8:].view(rows, 768)
+    assert x.data_ptr() % 256 != 0 and x.is_contiguous()
+    ref64, torch16 = layer_forward(layer, x.float(), torch.float64), layer_forward(layer, x.float(), torch.float16)
+    check_against(h.frame_linear(x, layer, path="dense"), ref64, torch16, "dense, x 16-byte aligned")
+
+
 def dense_weight16(layer):
     """P_out D_hat P_in^T with fq_export's operators in fp16 on the GPU (PyTorch's own rounding)."""
     d_hat = layer._dequantized.half()

@@ -131,6 +131,16 @@ struct LtCall {
     }
 };
 
+// The largest power of two up to 256 that divides the address: cuBLASLt's heuristic assumes
+// 256-byte aligned matrices unless told otherwise, and an algorithm picked so fails on a tensor
+// that starts inside an allocation.
+uint32_t alignment_of(const void* p) {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    uint32_t r = 256;
+    while (r > 1 && a % r != 0) r /= 2;
+    return r;
+}
+
 // y (rows x m) = x (rows x n) w_t (n x m) + bias, fp16 with fp32 accumulation. Column-major view:
 // y^T (m x rows) = w_t^T (m x n, ld m) x^T (n x rows, ld n), the bias one value per row of y^T.
 cudaError_t lt_gemm_bias(cublasLtHandle_t handle, const __half* w_t, const __half* x, __half* y, const __half* bias,
@@ -151,6 +161,12 @@ cudaError_t lt_gemm_bias(cublasLtHandle_t handle, const __half* w_t, const __hal
               cublasLtMatmulPreferenceCreate(&c.pref) == CUBLAS_STATUS_SUCCESS &&
               cublasLtMatmulPreferenceSetAttribute(c.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)) ==
                   CUBLAS_STATUS_SUCCESS;
+    const uint32_t align[4] = {alignment_of(w_t), alignment_of(x), alignment_of(y), alignment_of(y)};
+    const cublasLtMatmulPreferenceAttributes_t which[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; ok && i < 4; ++i)
+        ok = cublasLtMatmulPreferenceSetAttribute(c.pref, which[i], &align[i], sizeof(align[i])) == CUBLAS_STATUS_SUCCESS;
     if (!ok) return cudaErrorUnknown;
     cublasLtMatmulHeuristicResult_t algo{};
     int found = 0;
