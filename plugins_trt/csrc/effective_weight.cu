@@ -20,8 +20,6 @@ namespace {
 
 constexpr int kTile = 64, kThreadsX = 32, kThreadsY = 8;
 
-size_t align256(size_t n) { return (n + 255) / 256 * 256; }
-
 // D_hat rows are decoded this many halves apart: 16-byte aligned rows keep the decoder on its
 // vector stores (H100, 4500 x 4500: 174 us with rows 4500 apart, 21 us with 4544).
 int64_t decode_ld(int64_t k_in) { return (k_in + 63) / 64 * 64; }

@@ -20,6 +20,9 @@ namespace fq {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1 };
 
+// Workspace parts start 256 bytes apart (the alignment cudaMalloc gives and cuBLAS assumes).
+inline size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
 // R = (H_power kron C_odd) diag(signs), dim = power * odd (fq_export.rotations).
 struct RotationParams {
     int dim = 0, power = 0, odd = 0;

@@ -308,19 +308,13 @@ __global__ void __launch_bounds__(THREADS, kStaged ? 2 * kThreads / THREADS : 1)
     }
 }
 
-// Threads of a staged block for `rows` rows of d values. Many narrow rows take 64 so that they
-// do not leave most warps of a block idle at every barrier (768: 48 Walsh-Hadamard cosets, 14
-// frame blocks); H100, 12608 rows: the 768x768 gemm layer 595 -> 344 us. With 128 threads for
+// Threads of a staged block for many rows of d values: narrow rows take 64 so that they do not
+// leave most warps of a block idle at every barrier (768: 48 Walsh-Hadamard cosets, 14 frame
+// blocks); H100, 12608 rows: the 768x768 gemm layer 595 -> 344 us. With 128 threads for
 // 3072-wide rows as well, the 768x3072 layer went 1178 -> 1222 us (its 768-wide prologue at 64
-// included), so rows wider than 1024 keep 256. Rows few enough to run at once in 256-thread
-// blocks (two per SM) keep 256 too: there a row's latency is the kernel's time (768x768 layer in
-// three launches at M = 1: 18.1 us with 256 threads, 26.7 with 64).
-inline int row_threads(int d, int64_t rows) {
-    int device = 0, sms = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    return d <= 1024 && rows > 2 * static_cast<int64_t>(sms) ? 64 : kThreads;
-}
+// included), so rows wider than 1024 keep 256. (launch_rows keeps 256 for rows few enough to run
+// at once.)
+inline int row_threads(int d) { return d <= 1024 ? 64 : kThreads; }
 
 // The staged kernel instance for (k-steps of registers, threads).
 template <typename T> auto prologue_instance(bool ks4, int threads) {
@@ -342,16 +336,20 @@ template <typename T> auto epilogue_instance(bool ks4, int threads) {
 
 // The staged kernel where the device's shared memory holds it (with the frame tables, else
 // without) and rows can be copied by words; else the plain one. Staged blocks run `threads`
-// threads (row_threads), except that a block that leaves room for no second one per SM runs 512
-// (11008-wide rows: the 8 warps of one 256-thread block per SM left it latency-bound).
+// threads (row_threads) for more rows than two 256-thread blocks per SM take at once, else 256
+// (then a row's latency is the kernel's time: 768x768 layer in three launches at M = 1, 18.1 us
+// with 256 threads, 26.7 with 64), except that a block that leaves room for no second one per SM
+// runs 512 (11008-wide rows: the 8 warps of one 256-thread block per SM left it latency-bound).
 // `pick(threads)` gives the staged kernel (one kernel serves with and without staged tables).
 template <typename Pick, typename KPlain, typename Stage, typename... Args>
 cudaError_t launch_rows(Pick pick, KPlain plain, Stage stage_floats, size_t plain_bytes, bool stageable, int threads,
                         int64_t rows, cudaStream_t stream, Args... args) {
-    int device = 0, optin = 0, per_sm = 0;
+    int device = 0, optin = 0, per_sm = 0, sms = 0;
     cudaGetDevice(&device);
     cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (rows <= 2 * static_cast<int64_t>(sms)) threads = kThreads;
     for (const bool tables : {true, false}) {
         const size_t bytes = sizeof(float) * stage_floats(tables);
         if (!stageable || bytes > static_cast<size_t>(optin)) continue;
@@ -380,7 +378,7 @@ cudaError_t launch_prologue_typed(const FrameLinearParams& p, const T* x, T* c, 
     auto pick = [ks4](int threads) { return prologue_instance<T>(ks4, threads); };
     auto stage = [&p](bool tables) { return prologue_stage(p, sizeof(T), tables).total; };
     return launch_rows(pick, prologue_kernel<T, false>, stage, sizeof(float) * prologue_rows_floats(p), ok,
-                       row_threads(p.in_dim(), rows), rows, stream, p, x, c, ldc, rows);
+                       row_threads(p.in_dim()), rows, stream, p, x, c, ldc, rows);
 }
 
 template <typename T>
@@ -391,7 +389,7 @@ cudaError_t launch_epilogue_typed(const FrameLinearParams& p, const T* z, int64_
     auto pick = [ks4](int threads) { return epilogue_instance<T>(ks4, threads); };
     auto stage = [&p](bool tables) { return epilogue_stage(p, sizeof(T), tables).total; };
     return launch_rows(pick, epilogue_kernel<T, false>, stage, sizeof(float) * epilogue_rows_floats(p), ok,
-                       row_threads(p.out_dim(), rows), rows, stream, p, z, ldz, y, rows);
+                       row_threads(p.out_dim()), rows, stream, p, z, ldz, y, rows);
 }
 
 // ---- the fused layer -----------------------------------------------------------------------
@@ -518,7 +516,7 @@ cudaError_t launch_fused(const FrameLinearParams& p, const T* x, T* y, int rows,
     int per = (nchunks + want - 1) / want;
     int splits = (nchunks + per - 1) / per;
     __half* cbuf = static_cast<__half*>(workspace);
-    const size_t c_bytes = (sizeof(__half) * rows * p.matmul.in_features + 255) / 256 * 256;
+    const size_t c_bytes = align256(sizeof(__half) * rows * p.matmul.in_features);
     float* zbuf = reinterpret_cast<float*>(static_cast<char*>(workspace) + c_bytes);
     FrameLinearParams params = p;
     void* args[] = {&params, &x, &y, &rows, &cbuf, &zbuf, &splits, &per, &barrier};
@@ -723,8 +721,6 @@ cudaError_t launch_fused_typed(const FrameLinearParams& p, const T* x, T* y, int
         default: return cudaErrorInvalidValue;
     }
 }
-
-size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 }  // namespace
 

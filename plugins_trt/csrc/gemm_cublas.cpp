@@ -19,7 +19,6 @@ namespace fq {
 namespace {
 
 int64_t padded(int64_t n) { return (n + kGemmAlign - 1) / kGemmAlign * kGemmAlign; }
-size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 // Zero columns [from, ld) of `rows` rows of halves `ld` apart.
 cudaError_t zero_columns(__half* base, int64_t ld, int64_t from, int64_t rows, cudaStream_t stream) {
@@ -190,9 +189,9 @@ cudaError_t launch_frame_linear_dense(const FrameLinearParams& p, const void* x,
                                       void* workspace, void* cublaslt_handle, cudaStream_t stream) {
     if (rows == 0) return cudaSuccess;
     if (cublaslt_handle == nullptr) return cudaErrorInvalidValue;
-    char* base = static_cast<char*>(workspace);
-    __half* bias = p.bias ? reinterpret_cast<__half*>(base + effective_weight_workspace_bytes(p)) : nullptr;
-    void* lt_ws = base + effective_weight_workspace_bytes(p) + align256(sizeof(__half) * p.out_dim());
+    char* const after_weight = static_cast<char*>(workspace) + effective_weight_workspace_bytes(p);
+    __half* bias = p.bias ? reinterpret_cast<__half*>(after_weight) : nullptr;
+    void* lt_ws = after_weight + align256(sizeof(__half) * p.out_dim());
     __half* w_t = nullptr;
     cudaError_t err = launch_effective_weight(p, workspace, &w_t, stream);
     // cuBLASLt adds a bias of the output's type: fp16 (the output is rounded to fp16 anyway).

@@ -282,7 +282,7 @@ namespace {
 
 // Bytes of the fp16 copies of fp32 scale/zero, rounded so that what follows is 256-byte aligned.
 size_t narrowed_bytes(int64_t out_features) {
-    return (2 * sizeof(__half) * static_cast<size_t>(out_features) + 255) / 256 * 256;
+    return align256(2 * sizeof(__half) * static_cast<size_t>(out_features));
 }
 
 // Formats of inputs 0..3 (x, packed codes, scale, zero) and of the output, which follows x.
