@@ -156,14 +156,11 @@ def rewrite_graph(model: onnx.ModelProto, layers: dict[str, FrameQuantLinear], f
         flat, lead = _flatten(b, m.x, m.layer.in_features)
         builder = {"standard": standard_layer, "plugin": plugin_layer, "plugin-layer": plugin_layer_node}[form]
         y = builder(b, flat, m.layer)
-        if m.layer.bias is not None and form == "plugin-layer":  # the node adds it
+        if m.layer.bias is not None:
             if not m.bias_in_graph:
                 raise ConversionError(f"layer {m.name}: its bias was not found next to the matmul")
-        elif m.layer.bias is not None:
-            bias = b.const("bias", m.layer.bias.float().cpu().numpy())
-            y = b.op("Add", [y, bias])
-            if not m.bias_in_graph:
-                raise ConversionError(f"layer {m.name}: its bias was not found next to the matmul")
+            if form != "plugin-layer":  # the FQFrameLinear node adds it itself
+                y = b.op("Add", [y, b.const("bias", m.layer.bias.float().cpu().numpy())])
         shape = b.op("Concat", [lead, b.ints(f"width/{m.layer.out_features}", [m.layer.out_features])], attrs={"axis": 0})
         for node in m.nodes:
             node.outputs.clear()

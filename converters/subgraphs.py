@@ -222,6 +222,17 @@ def _plugin_node(b: Builder, op: str, inputs: list, attrs: dict, width: int) -> 
     return b.op(op, inputs, attrs=full, domain=plugin_ops.ONNX_DOMAIN, dtype=np.float32, shape=["N", width])
 
 
+def _packed_inputs(b: Builder, layer: FrameQuantLinear) -> list:
+    """Packed codes (int32) and scale/zero (fp16 initializers, each behind a Cast to fp32: the
+    inputs 1..3 of FQPackedMatMul and FQFrameLinear)."""
+    codes = b.const("packed_codes", layer.packed_codes.cpu().numpy().astype(np.int32))
+    scale = b.const("scale", layer.scale.cpu().numpy().astype(np.float16))
+    zero = b.const("zero", layer.zero.cpu().numpy().astype(np.float16))
+    scale = b.op("Cast", [scale], attrs={"to": 1}, hint="scale_f32")
+    zero = b.op("Cast", [zero], attrs={"to": 1}, hint="zero_f32")
+    return [codes, scale, zero]
+
+
 def plugin_layer(b: Builder, x2: gs.Variable, layer: FrameQuantLinear) -> gs.Variable:
     ins, outs = layer.in_recipe, layer.out_recipe
     rows, cols = layer.frame_shape
@@ -232,12 +243,7 @@ def plugin_layer(b: Builder, x2: gs.Variable, layer: FrameQuantLinear) -> gs.Var
     if ins.frame is not None:
         f = ins.frame
         h = _plugin_node(b, plugin_ops.FRAME_OP, [h], {"k": f.k, "rho": f.rho, "d": f.d, "transpose": 1}, cols)
-    codes = b.const("packed_codes", layer.packed_codes.cpu().numpy().astype(np.int32))
-    scale = b.const("scale", layer.scale.cpu().numpy().astype(np.float16))
-    zero = b.const("zero", layer.zero.cpu().numpy().astype(np.float16))
-    scale = b.op("Cast", [scale], attrs={"to": 1}, hint="scale_f32")
-    zero = b.op("Cast", [zero], attrs={"to": 1}, hint="zero_f32")
-    h = _plugin_node(b, plugin_ops.MATMUL_OP, [h, codes, scale, zero],
+    h = _plugin_node(b, plugin_ops.MATMUL_OP, [h, *_packed_inputs(b, layer)],
                      {"bits": layer.bits, "in_features": cols, "out_features": rows,
                       "layout_version": layer.layout_version}, rows)
     if outs.frame is not None:
@@ -249,15 +255,9 @@ def plugin_layer(b: Builder, x2: gs.Variable, layer: FrameQuantLinear) -> gs.Var
     return h
 
 
-
 def plugin_layer_node(b: Builder, x2: gs.Variable, layer: FrameQuantLinear) -> gs.Variable:
     """The whole layer, bias included, as one ``FQFrameLinear`` node (the ``plugin-layer`` form)."""
-    codes = b.const("packed_codes", layer.packed_codes.cpu().numpy().astype(np.int32))
-    scale = b.op("Cast", [b.const("scale", layer.scale.cpu().numpy().astype(np.float16))], attrs={"to": 1},
-                 hint="scale_f32")
-    zero = b.op("Cast", [b.const("zero", layer.zero.cpu().numpy().astype(np.float16))], attrs={"to": 1},
-                hint="zero_f32")
     bias = (layer.bias.float().cpu().numpy() if layer.bias is not None
             else np.zeros(layer.out_features, dtype=np.float32))
-    return _plugin_node(b, plugin_ops.LAYER_OP, [x2, codes, scale, zero, b.const("bias", bias)],
+    return _plugin_node(b, plugin_ops.LAYER_OP, [x2, *_packed_inputs(b, layer), b.const("bias", bias)],
                         plugin_ops.layer_attributes(layer), layer.out_features)

@@ -159,8 +159,9 @@ def dense_min_rows(in_features: int, out_features: int, k_out: int) -> int:
 
 
 # The automatic choice (H100 timings of benchmarks/kernels.py): the single-launch layer for one
-# token (the spread decode kernel for layers wider than 4096, else the decode kernel), the three launches from 2 rows (faster there than either single-launch
-# kernel), the cuBLAS path from GEMM_MIN_ROWS fp16 rows.
+# token (the spread decode kernel for layers wider than 4096, else the decode kernel), the three
+# launches from 2 rows (faster there than either single-launch kernel), for fp16 the gemm path
+# from GEMM_MIN_ROWS rows and the dense form from dense_min_rows.
 FUSED_AUTO_ROWS = 1
 
 
@@ -238,12 +239,11 @@ class KernelLinear(nn.Module):
         if path is None:
             if rows <= FUSED_AUTO_ROWS:
                 path = "fused"
+            elif dtype != torch.float16 or rows < GEMM_MIN_ROWS:
+                path = "kernels"
             else:
-                if dtype != torch.float16 or rows < GEMM_MIN_ROWS:
-                    path = "kernels"
-                else:
-                    dense = dense_min_rows(self.in_features, self.out_features, self.layer.frame_shape[0])
-                    path = "dense" if rows >= dense else "gemm"
+                dense = dense_min_rows(self.in_features, self.out_features, self.layer.frame_shape[0])
+                path = "dense" if rows >= dense else "gemm"
         if self._barrier is None or self._barrier.device != x.device:
             self._barrier = torch.zeros(1, dtype=torch.int32, device=x.device)
         self.last_path = path
