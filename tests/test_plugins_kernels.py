@@ -296,12 +296,17 @@ def dense_weight16(layer):
 
 
 @pytest.mark.parametrize("shape,rotate,frames", [((768, 3072), True, True), ((3072, 768), True, True),
-                                                 ((4096, 4096), True, True), ((768, 768), False, True),
+                                                 ((4096, 4096), True, True), ((1024, 2048), True, True),
+                                                 ((128, 512), True, True), ((1024, 8192), True, True),
+                                                 ((2048, 1024), True, False), ((768, 768), False, True),
                                                  ((768, 768), True, False), ((384, 1536), False, False),
                                                  ((97, 130), False, False)])
 def test_effective_weight(h, shape, rotate, frames):
     # The dense path's weight, built on the GPU by transforming the weight's rows, against
-    # FrameQuantLinear.dense_weight (float64, dense frame and rotation operators).
+    # FrameQuantLinear.dense_weight (float64, dense frame and rotation operators). Power-of-two
+    # sides take the side-rows kernel: Walsh-Hadamard passes of 16 points on tensor cores and of
+    # fewer (1024, 2048, 8192) or short rows (128) on CUDA cores, DFT widths over 64 (8192);
+    # sides with an odd factor (768, 3072) the epilogue kernel.
     in_f, out_f = shape
     layer = random_layer(in_f, out_f, seed=in_f + 2 * out_f, rotate=rotate, frames=frames).to(DEV)
     w = h.effective_weight(layer)

@@ -11,23 +11,28 @@
 //   F = A P_in^T                  (K_out x n)     row i: P_in A_i  (the input side's synthesis)
 //   G = F^T                       (n x K_out)     tiled transpose
 //   W^T = G P_out^T               (n x m)         row j: P_out G_j (the output side's synthesis)
+//
+// The two passes over rows take the side-rows kernel below where a side allows it (a rotation
+// without odd factor, 16-byte aligned rows), else the layer's epilogue kernel.
 #include <algorithm>
 
 #include "common.cuh"
 
 namespace fq {
 namespace {
+using namespace detail;
 
 constexpr int kTile = 64, kThreadsX = 32, kThreadsY = 8;
 
 // D_hat rows are decoded this many halves apart: 16-byte aligned rows keep the decoder on its
-// vector stores (H100, 4500 x 4500: 174 us with rows 4500 apart, 21 us with 4544).
-int64_t decode_ld(int64_t k_in) { return (k_in + 63) / 64 * 64; }
+// vector stores (H100, 4500 x 4500: 174 us with rows 4500 apart, 21 us with 4544). The
+// transposed G takes the same padding, for the side-rows kernel's 16-byte copies.
+int64_t padded_ld(int64_t len) { return (len + 63) / 64 * 64; }
 
-// out (cols x rows) = in (rows x cols)^T, fp16, through a 64 x 64 shared tile: each thread moves
+// out (cols x rows, rows ld_out apart) = in (rows x cols)^T, fp16, through a 64 x 64 shared tile: each thread moves
 // pairs of halves (4-byte loads and stores, 128 bytes per warp and tile row).
 __global__ void __launch_bounds__(kThreadsX * kThreadsY) transpose_kernel(const __half* __restrict__ in, __half* out,
-                                                                          int rows, int cols) {
+                                                                          int rows, int cols, int64_t ld_out) {
     __shared__ __half tile[kTile][kTile + 2];
     const int c0 = blockIdx.x * kTile, r0 = blockIdx.y * kTile, tx = threadIdx.x, ty = threadIdx.y;
     const bool pairs = (cols % 2 == 0) && (rows % 2 == 0);  // 4-byte aligned pairs in both layouts
@@ -47,7 +52,7 @@ __global__ void __launch_bounds__(kThreadsX * kThreadsY) transpose_kernel(const 
     for (int j = ty; j < kTile; j += kThreadsY) {
         const int c = c0 + j, r = r0 + 2 * tx;
         if (c >= cols) continue;
-        __half* dst = out + static_cast<int64_t>(c) * rows + r;
+        __half* dst = out + static_cast<int64_t>(c) * ld_out + r;
         if (pairs && r + 1 < rows) {
             *reinterpret_cast<__half2*>(dst) = __halves2half2(tile[2 * tx][j], tile[2 * tx + 1][j]);
         } else {
@@ -57,17 +62,360 @@ __global__ void __launch_bounds__(kThreadsX * kThreadsY) transpose_kernel(const 
     }
 }
 
-cudaError_t launch_transpose(const __half* in, __half* out, int rows, int cols, cudaStream_t stream) {
+cudaError_t launch_transpose(const __half* in, __half* out, int rows, int cols, int64_t ld_out, cudaStream_t stream) {
     const dim3 grid((cols + kTile - 1) / kTile, (rows + kTile - 1) / kTile);
-    if (grid.y > 65535) return cudaErrorInvalidValue;
-    transpose_kernel<<<grid, dim3(kThreadsX, kThreadsY), 0, stream>>>(in, out, rows, cols);
+    if (grid.y > 65535 || ld_out % 2) return cudaErrorInvalidValue;
+    transpose_kernel<<<grid, dim3(kThreadsX, kThreadsY), 0, stream>>>(in, out, rows, cols, ld_out);
     return cudaGetLastError();
+}
+
+// ---- one side of the layer over many rows, on tensor cores ---------------------------------
+//
+// y = R T z for every row z (fp16 in and out), T the side's frame synthesis and R its rotation
+// (without odd factor). The epilogue kernel runs each row as a chain of block-wide steps on fp32
+// values with barriers in between, and issues about 14k warp instructions per 4096-wide row
+// (H100, ncu). Here one warp owns a row from start to end (no block barrier after the tables) and
+// every dense step is a tensor-core product on fp16 values in shared memory:
+//   - the per-block DFT, in place over the staged row (A = 16 blocks of the row, B = DFT^T);
+//   - the gather of the synthesis (two taps per coordinate) with the rotation's signs, into v;
+//   - the Walsh-Hadamard transform in radix-16 passes, each a product with H_16 / 4 (+-1/4 is
+//     exact in fp16): the first pass multiplies 16 x 16 tiles of v from the right (ldmatrix),
+//     later passes, along points 2^lo apart, from the left (ldmatrix.trans); passes on fewer than
+//     4 bits, or rows shorter than 256, run on CUDA cores with the scale 2^(-bits/2);
+//   - 16-byte stores of v.
+// The next row's z is copied in (cp.async) while the Walsh-Hadamard passes and the store run.
+// Values are rounded to fp16 between steps (the tensor cores' inputs are fp16 either way); the
+// sums are fp32.
+
+struct SideRows {
+    bool has_frame = false, has_rotation = false;
+    FrameParams f;
+    RotationParams r;
+    int k_len = 0;  // values of a z row: K with a frame, else d
+    int d = 0;      // values of a y row
+};
+
+// A layer's output slots as a side (the input side is passed in them too: see below).
+SideRows side_of(const FrameLinearParams& p) {
+    SideRows s;
+    s.has_frame = p.has_frame_out, s.has_rotation = p.has_rotation_out;
+    s.f = p.frame_out, s.r = p.rotation_out;
+    s.k_len = p.matmul.out_features, s.d = p.out_dim();
+    return s;
+}
+
+constexpr int kSideMaxWarps = 16;
+__host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / m * m; }
+// Halves of a warp's two buffers (z, then the DFT's output in place; v), and bytes of the block's
+// tables (DFT^T with rows dft_pitch apart; the rotation's sign bits).
+__host__ __device__ inline int side_z_halves(const SideRows& s) { return round_up(s.k_len, 64); }
+__host__ __device__ inline int side_v_halves(const SideRows& s) { return round_up(s.d, 64); }
+__host__ __device__ inline int side_dft_bytes(const SideRows& s) { return s.has_frame ? 4 * dft_floats(s.f.kp) : 0; }
+__host__ __device__ inline int side_table_bytes(const SideRows& s) {
+    return side_dft_bytes(s) + (s.has_rotation ? 16 * ((s.d + 127) / 128) : 0);
+}
+
+// v's values live in shared memory with their 16-byte chunks permuted inside each group of 8:
+// chunk c is stored at c ^ (bit 3 of c) ^ (bits 5-7 of c). The 8 rows of each 8 x 8 ldmatrix
+// piece then hit 8 distinct 16-byte bank groups in every pass (rows 32 bytes apart in the first
+// two passes, 512 bytes apart in the third), where a plain layout has 2-way and 8-way conflicts.
+__device__ __forceinline__ int vswz(int i) { return i ^ ((((i >> 6) & 1) ^ ((i >> 8) & 7)) << 3); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __half* p, bool trans) {
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
+}
+
+__device__ __forceinline__ void st_half2(__half* p, float lo, float hi) {
+    *reinterpret_cast<__half2*>(p) = __floats2half2_rn(lo, hi);
+}
+
+// (H_16 / 4)[row][col], [row][col + 1] as a half2 (+-1/4; H symmetric, entry (-1)^popc(row & col)).
+__device__ __forceinline__ uint32_t h16_pair(int row, int col) {
+    return pack_half2((__popc(row & col) & 1) ? -0.25f : 0.25f, (__popc(row & (col + 1)) & 1) ? -0.25f : 0.25f);
+}
+
+// A radix-16 pass over the 16 points 2^lo apart (lo = 0: v (as 16 x 16 tiles) times H / 4; lo >= 4:
+// H / 4 times 16 x 16 tiles of points 2^lo apart by 16 consecutive columns). h: the fragments of
+// H / 4 (as A: rows g, g + 8 by columns 2q, 2q + 8; as B the same registers, H being symmetric).
+// power >= 256 and, for lo >= 4, power >= 2^(lo + 4). The next tile is loaded before this one's
+// products (tiles are disjoint). No sync.
+//
+// Addresses: a tile's rows are `step` points apart (16, or 2^lo), a lane reads row lrow at column
+// lcol and writes rows g and g + 8 at columns 2q and 2q + 8. Tile t starts at
+// (t >> cg) << (lo + 4) + (t & (2^cg - 1)) * 16 (cg = lo - 4 column groups; lo = 0 and lo = 4
+// are both 256 t), whose bits are disjoint from the lane's offset; vswz XORs a point with (its bits
+// 6 and 8-10 folded) << 3, which is linear in the bits: so a lane's address is the tile base XOR
+// vswz of its own offset XOR 8 times the tile's swizzle bits. The writes at column 2q + 8 toggle bit 3, those of row g + 8 add
+// 8 step (a bit above the swizzle's, set without carry).
+__device__ __forceinline__ void wht_pass16(__half* v, int power, int lo, const uint32_t (&h)[4]) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    // ldmatrix.x4: lanes 8m .. 8m + 7 address the rows of piece m = (rows 0-7 | 8-15) x (cols 0-7 | 8-15).
+    const int lrow = (lane & 7) + 8 * ((lane >> 3) & 1), lcol = 8 * (lane >> 4);
+    const int tiles = power >> 8;
+    const bool right = lo == 0;
+    const int step = right ? 16 : 1 << lo, cg = lo > 4 ? lo - 4 : 0, cmask = (1 << cg) - 1;
+    const int lane_in = vswz(lrow * step + lcol), lane_out = vswz(g * step + 2 * q);
+    auto base = [&](int t) { return ((t >> cg) << (lo + 4)) + ((t & cmask) << 4); };
+    auto swz = [](int b) { return ((((b >> 6) & 1) ^ ((b >> 8) & 7)) << 3); };  // the tile's part of vswz
+    auto load = [&](uint32_t (&f)[4], int t) {
+        const int b = right ? 256 * t : base(t);
+        ldmatrix_x4(f, v + (b ^ lane_in ^ swz(b)), !right);
+    };
+    uint32_t next[4];
+    load(next, 0);
+    for (int t = 0; t < tiles; ++t) {
+        uint32_t f[4] = {next[0], next[1], next[2], next[3]};
+        if (t + 1 < tiles) load(next, t + 1);
+        float d0[4] = {0.f, 0.f, 0.f, 0.f}, d1[4] = {0.f, 0.f, 0.f, 0.f};
+        if (right) {
+            mma16816(d0, f, h[0], h[2]);  // output columns 0-7: B rows k 2q.., 2q + 8.. of column g
+            mma16816(d1, f, h[1], h[3]);  // columns 8-15 (B column g + 8)
+        } else {
+            mma16816(d0, h, f[0], f[1]);  // columns 0-7 of the tile
+            mma16816(d1, h, f[2], f[3]);  // columns 8-15
+        }
+        const int b = right ? 256 * t : base(t);
+        const int o = b ^ lane_out ^ swz(b), o8 = o + 8 * step;
+        st_half2(v + o, d0[0], d0[1]);
+        st_half2(v + o8, d0[2], d0[3]);
+        st_half2(v + (o ^ 8), d1[0], d1[1]);
+        st_half2(v + (o8 ^ 8), d1[2], d1[3]);
+    }
+}
+
+// A pass over the 2^r points 2^lo apart (r <= 4) on CUDA cores, times `scale`. No sync.
+__device__ inline void wht_pass_scalar(__half* v, int power, int lo, int r, float scale) {
+    const int pts = 1 << r, cosets = power >> r;
+    for (int c = threadIdx.x & 31; c < cosets; c += 32) {
+        const int low = c & ((1 << lo) - 1), high = c >> lo;
+        const int base = (high << (lo + r)) | low;
+        float x[16];
+#pragma unroll
+        for (int e = 0; e < 16; ++e)
+            if (e < pts) x[e] = __half2float(v[vswz(base + (e << lo))]);
+        fwht_registers(x, pts);
+#pragma unroll
+        for (int e = 0; e < 16; ++e)
+            if (e < pts) v[vswz(base + (e << lo))] = __float2half_rn(x[e] * scale);
+    }
+}
+
+// mma_tile with the B fragments of two k-steps per ldmatrix.x4 (pieces: k 0-7, 8-15, 16-23, 24-31
+// of rows n = 8 nt .. 8 nt + 7; the table's rows are 16-byte aligned, dft_pitch apart). An odd
+// last k-step reads its fragments as mma_tile does.
+template <int KS>
+__device__ __forceinline__ void mma_tile_ldsm(float acc[4], const uint32_t (&a)[KS][4], const __half* table, int pitch,
+                                              int nt, int ksteps) {
+    const int lane = threadIdx.x & 31;
+    const __half* row = table + (nt * 8 + (lane & 7)) * pitch + 8 * (lane >> 3);
+    const __half* brow = table + (nt * 8 + (lane >> 2)) * pitch + 2 * (lane & 3);
+    acc[0] = acc[1] = acc[2] = acc[3] = 0.f;
+#pragma unroll
+    for (int j = 0; j < KS / 2; ++j) {
+        if (2 * j + 1 < ksteps) {
+            uint32_t b[4];
+            ldmatrix_x4(b, row + 32 * j, false);
+            mma16816(acc, a[2 * j], b[0], b[1]);
+            mma16816(acc, a[2 * j + 1], b[2], b[3]);
+        } else if (2 * j < ksteps) {
+            const uint32_t b0 = *reinterpret_cast<const uint32_t*>(brow + 32 * j);
+            const uint32_t b1 = *reinterpret_cast<const uint32_t*>(brow + 32 * j + 8);
+            mma16816(acc, a[2 * j], b0, b1);
+        }
+    }
+}
+
+// In place over a staged row z (K values, blocks of 2k): block i <- DFT^T block i, 16 blocks at a
+// time, A fragments all loaded before the block's outputs are written. dft: DFT^T in shared
+// memory (load_dft). No sync at the end.
+template <int KS>
+__device__ inline void warp_dft_in_place(const FrameParams& f, __half* z, const __half* dft) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int two_k = 2 * f.k, ksteps = f.kp / 16, pitch = dft_pitch(f.kp), ntiles = (two_k + 7) / 8;
+    for (int run0 = 0; run0 < f.rho_c; run0 += 16) {
+        uint32_t a[KS][4];
+#pragma unroll
+        for (int s = 0; s < KS; ++s) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int run = run0 + g + 8 * (r & 1), l = 16 * s + 2 * q + 8 * (r >> 1);
+                const bool ok = s < ksteps && run < f.rho_c && l < two_k;
+                a[s][r] = ok ? *reinterpret_cast<const uint32_t*>(z + run * two_k + l) : 0u;
+            }
+        }
+        __syncwarp();
+        const int r0 = run0 + g, r1 = r0 + 8;
+#pragma unroll 2
+        for (int nt = 0; nt < ntiles; ++nt) {
+            float acc[4];
+            mma_tile_ldsm<KS>(acc, a, dft, pitch, nt, ksteps);
+            const int col = nt * 8 + 2 * q;
+            if (col < two_k) {
+                if (r0 < f.rho_c) st_half2(z + r0 * two_k + col, acc[0], acc[1]);
+                if (r1 < f.rho_c) st_half2(z + r1 * two_k + col, acc[2], acc[3]);
+            }
+        }
+    }
+}
+
+// v (coordinate pairs 2j, 2j + 1) <- the synthesis gather of the DFT'd row z, or z itself without
+// a frame, with the rotation's signs (bits; null: none). No sync.
+__device__ inline void warp_gather(const SideRows& s, const __half* z, __half* v, const uint32_t* bits) {
+    const int lane = threadIdx.x & 31;
+    auto put = [&](int j, float re, float im) {
+        if (bits) {
+            const uint32_t word = bits[j >> 4], shift = (2 * j) & 31;
+            re = __int_as_float(__float_as_int(re) ^ (((word >> shift) & 1u) << 31));
+            im = __int_as_float(__float_as_int(im) ^ (((word >> (shift + 1)) & 1u) << 31));
+        }
+        st_half2(v + vswz(2 * j), re, im);
+    };
+    if (!s.has_frame) {
+        for (int j = lane; j < s.d / 2; j += 32) {
+            const float2 x = __half22float2(*reinterpret_cast<const __half2*>(z + 2 * j));
+            put(j, x.x, x.y);
+        }
+        return;
+    }
+    // Coordinates j = lane + 32 (U i + u): the next U coordinates' table entries are loaded
+    // while this U's row values are read and combined (the table loads wait on L1 / L2, the row
+    // reads on them).
+    const int dc = s.f.d_c;
+    constexpr int U = 4;
+    int b0[U], b1[U];
+    float w0[U], w1[U];
+    auto tables = [&](int base) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int j = base + 32 * u;
+            const bool ok = j < dc;
+            b0[u] = ok ? __ldg(s.f.synth_bin + j) : 0;
+            b1[u] = ok ? __ldg(s.f.synth_bin + dc + j) : 0;
+            w0[u] = ok ? __ldg(s.f.synth_weight + j) : 0.f;
+            w1[u] = ok ? __ldg(s.f.synth_weight + dc + j) : 0.f;
+        }
+    };
+    tables(lane);
+    for (int base = lane; base < dc; base += 32 * U) {
+        int c0[U], c1[U];
+        float v0[U], v1[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) c0[u] = b0[u], c1[u] = b1[u], v0[u] = w0[u], v1[u] = w1[u];
+        if (base + 32 * U < dc) tables(base + 32 * U);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int j = base + 32 * u;
+            if (j < dc) {
+                const float2 x0 = __half22float2(*reinterpret_cast<const __half2*>(z + 2 * c0[u]));
+                const float2 x1 = __half22float2(*reinterpret_cast<const __half2*>(z + 2 * c1[u]));
+                put(j, v0[u] * x0.x + v1[u] * x1.x, v0[u] * x0.y + v1[u] * x1.y);
+            }
+        }
+    }
+}
+
+template <int KS>
+__global__ void __launch_bounds__(kSideMaxWarps * 32)
+    side_rows_kernel(SideRows s, const __half* __restrict__ z, int64_t ldz, __half* y, int64_t ldy, int64_t rows) {
+    extern __shared__ __align__(16) unsigned char side_smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    __half* dft = reinterpret_cast<__half*>(side_smem);
+    uint32_t* bits = reinterpret_cast<uint32_t*>(side_smem + side_dft_bytes(s));
+    const int zh = side_z_halves(s), vh = side_v_halves(s);
+    __half* zb = reinterpret_cast<__half*>(side_smem + side_table_bytes(s)) + static_cast<int64_t>(warp) * (zh + vh);
+    __half* vb = zb + zh;
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * nwarps;
+    const int chunks = (s.k_len + 7) / 8;
+    auto fetch = [&](int64_t row) {  // z row -> zb (16-byte pieces; rows are ldz >= 8 chunks apart)
+        if (row < rows) {
+#pragma unroll 4
+            for (int c = lane; c < chunks; c += 32) cp_async16(zb + 8 * c, z + row * ldz + 8 * c);
+        }
+        cp_async_commit();
+    };
+    int64_t row = static_cast<int64_t>(blockIdx.x) * nwarps + warp;
+    fetch(row);
+    if (s.has_rotation) stage_sign_bits(bits, s.r.signs, s.d);
+    if (s.has_frame) load_dft(s.f.dft_t, dft, s.f.kp);  // ends with a barrier (the sign bits too)
+    else __syncthreads();
+    uint32_t h[4];
+    {
+        const int g = lane >> 2, q = lane & 3;
+        h[0] = h16_pair(g, 2 * q), h[1] = h16_pair(g + 8, 2 * q);
+        h[2] = h16_pair(g, 2 * q + 8), h[3] = h16_pair(g + 8, 2 * q + 8);
+    }
+    const int log2n = s.has_rotation ? __ffs(s.r.power) - 1 : 0;
+    for (; row < rows; row += stride) {
+        cp_async_wait_all();
+        __syncwarp();
+        if (s.has_frame) {
+            warp_dft_in_place<KS>(s.f, zb, dft);
+            __syncwarp();
+        }
+        warp_gather(s, zb, vb, s.has_rotation ? bits : nullptr);
+        __syncwarp();
+        fetch(row + stride);  // zb is free until the next row
+        for (int lo = 0; lo < log2n; lo += 4) {
+            const int r = min(4, log2n - lo);
+            if (r == 4 && s.r.power >= 256) wht_pass16(vb, s.r.power, lo, h);
+            else wht_pass_scalar(vb, s.r.power, lo, r, exp2f(-0.5f * r));
+            __syncwarp();
+        }
+        __half* out = y + row * ldy;
+#pragma unroll 4
+        for (int c = lane; c < s.d / 8; c += 32)
+            *reinterpret_cast<uint4*>(out + 8 * c) = *reinterpret_cast<const uint4*>(vb + vswz(8 * c));
+        __syncwarp();  // v read before the next row's gather writes it
+    }
+    cp_async_wait_all();
+}
+
+// The side-rows kernel where the side and buffers allow it: z rows ldz halves apart (16-byte
+// aligned, ldz >= the row rounded up to 8), y rows ldy apart (16-byte aligned), d a multiple of 8,
+// no odd factor, DFT widths of at most 128, one warp's buffers in shared memory. Returns
+// cudaErrorNotSupported (nothing launched) otherwise.
+cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __half* y, int64_t ldy, int64_t rows,
+                             cudaStream_t stream) {
+    const auto misaligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; };
+    if ((s.has_rotation && (s.r.odd != 1 || s.r.power != s.d)) || (s.has_frame && (s.f.kp > 128 || s.f.d() != s.d)) ||
+        s.d % 8 || ldz % 8 || ldy % 8 || ldz < round_up(s.k_len, 8) || ldy < s.d || misaligned(z) || misaligned(y))
+        return cudaErrorNotSupported;
+    if (rows <= 0) return cudaSuccess;
+    int device = 0, optin = 0, sms = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    const int64_t per_warp = 2 * static_cast<int64_t>(side_z_halves(s) + side_v_halves(s));
+    int64_t warps = (optin - side_table_bytes(s)) / per_warp;
+    warps = std::min<int64_t>({warps, kSideMaxWarps, (rows + sms - 1) / sms});
+    if (warps < 1) return cudaErrorNotSupported;
+    const size_t bytes = side_table_bytes(s) + warps * per_warp;
+    const int64_t grid = std::min<int64_t>(sms, (rows + warps - 1) / warps);
+    auto kernel = (!s.has_frame || s.f.kp <= 64) ? side_rows_kernel<4> : side_rows_kernel<8>;
+    cudaError_t err = allow_smem(kernel, bytes);
+    if (err != cudaSuccess) return err;
+    kernel<<<static_cast<int>(grid), static_cast<int>(warps * 32), bytes, stream>>>(s, z, ldz, y, ldy, rows);
+    return cudaGetLastError();
+}
+
+// One side over rows: the side-rows kernel, else the layer's epilogue kernel (y rows d apart).
+cudaError_t transform_rows(const FrameLinearParams& side, const __half* z, int64_t ldz, __half* y, int64_t rows,
+                           cudaStream_t stream) {
+    const cudaError_t err = launch_side_rows(side_of(side), z, ldz, y, side.out_dim(), rows, stream);
+    if (err != cudaErrorNotSupported) return err;
+    return launch_layer_epilogue(side, z, ldz, y, rows, DType::kFloat16, stream);
 }
 
 // Halves of the two scratch buffers: a holds D_hat, then G; b holds F, then W^T.
 size_t buffer_a(const FrameLinearParams& p) {
     const size_t n = p.in_dim(), k_in = p.matmul.in_features, k_out = p.matmul.out_features;
-    return std::max(k_out * static_cast<size_t>(decode_ld(k_in)), n * k_out);
+    return std::max(k_out * static_cast<size_t>(padded_ld(k_in)), n * static_cast<size_t>(padded_ld(k_out)));
 }
 size_t buffer_b(const FrameLinearParams& p) {
     const size_t n = p.in_dim(), m = p.out_dim(), k_out = p.matmul.out_features;
@@ -84,7 +432,7 @@ cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace,
     const int n = p.in_dim(), k_in = p.matmul.in_features, k_out = p.matmul.out_features;
     __half* a = static_cast<__half*>(workspace);
     __half* b = reinterpret_cast<__half*>(static_cast<char*>(workspace) + align256(sizeof(__half) * buffer_a(p)));
-    const int64_t ld = decode_ld(k_in);
+    const int64_t ld = padded_ld(k_in), ld_g = padded_ld(k_out);
     cudaError_t err = launch_dequantize_ld(p.matmul, a, ld, stream);
     // The input side's synthesis runs as an epilogue whose "output side" is the input's recipe.
     FrameLinearParams in_side = p;
@@ -92,11 +440,11 @@ cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace,
     in_side.has_rotation_out = p.has_rotation_in, in_side.rotation_out = p.rotation_in;
     in_side.matmul.out_features = k_in;
     in_side.bias = nullptr;
-    if (err == cudaSuccess) err = launch_layer_epilogue(in_side, a, ld, b, k_out, DType::kFloat16, stream);
-    if (err == cudaSuccess) err = launch_transpose(b, a, k_out, n, stream);
+    if (err == cudaSuccess) err = transform_rows(in_side, a, ld, b, k_out, stream);
+    if (err == cudaSuccess) err = launch_transpose(b, a, k_out, n, ld_g, stream);
     FrameLinearParams out_side = p;
     out_side.bias = nullptr;
-    if (err == cudaSuccess) err = launch_layer_epilogue(out_side, a, k_out, b, n, DType::kFloat16, stream);
+    if (err == cudaSuccess) err = transform_rows(out_side, a, ld_g, b, n, stream);
     *w_t = b;
     return err;
 }
