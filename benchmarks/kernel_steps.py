@@ -90,7 +90,8 @@ def steps(layer, rows: int, bandwidth: float) -> list[dict]:
 
 def short_name(name: str) -> str:
     """A kernel's name without namespaces, template arguments and parameters."""
-    for key in ("prologue_kernel", "epilogue_kernel", "transpose_kernel", "dequantize", "memset", "Memset"):
+    for key in ("prologue_kernel", "epilogue_kernel", "side_rows_kernel", "transpose_kernel", "dequantize", "memset",
+                "Memset"):
         if key in name:
             return key.lower() if key != "dequantize" else "dequantize_words_kernel"
     return name.split("(")[0].split("<")[0][-60:]
