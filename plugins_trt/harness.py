@@ -149,7 +149,7 @@ def dequantize(packed_codes, scale, zero, bits: int, in_features: int, out_featu
 # ---- a whole FrameQuant layer -------------------------------------------------------------
 
 PATHS = {"fused": 1, "kernels": 2, "gemm": 3, "decode": 4, "cooperative": 5, "split": 6, "dense": 7}
-GEMM_MIN_ROWS = 64
+_PATH_NAMES = {number: name for name, number in PATHS.items()}
 
 
 def dense_min_rows(in_features: int, out_features: int, k_out: int) -> int:
@@ -158,11 +158,13 @@ def dense_min_rows(in_features: int, out_features: int, k_out: int) -> int:
     return int(load_extension().dense_min_rows(in_features, out_features, k_out))
 
 
-# The automatic choice (H100 timings of benchmarks/kernels.py): the single-launch layer for one
-# token (the spread decode kernel for layers wider than 4096, else the decode kernel), the three
-# launches from 2 rows (faster there than either single-launch kernel), for fp16 the gemm path
-# from GEMM_MIN_ROWS rows and the dense form from dense_min_rows.
-FUSED_AUTO_ROWS = 1
+def auto_path(rows: int, fp16: bool, in_features: int, out_features: int, k_out: int) -> str:
+    """The path ``KernelLinear`` takes when none is asked for: ``fq::auto_layer_path`` of fq_kernels.h,
+    the function the FQFrameLinear plugin calls too (H100 timings of benchmarks/kernels.py): the
+    single-launch layer for one token (the spread decode kernel for layers wider than 4096, else the
+    decode kernel), three launches from 2 rows and for fp32, for fp16 the gemm path from 64 rows and the
+    dense form from ``dense_min_rows``."""
+    return _PATH_NAMES[load_extension().auto_path(rows, fp16, in_features, out_features, k_out)]
 
 
 class KernelLinear(nn.Module):
@@ -175,9 +177,8 @@ class KernelLinear(nn.Module):
     (three launches: prologue, packed matmul, epilogue), ``"gemm"`` (prologue, D_hat decoded to
     fp16, cuBLAS, epilogue; fp16 only), ``"dense"`` (the effective weight ``P_out D_hat P_in^T``
     built in a workspace by transforming the weight's rows, then one cuBLASLt GEMM with the bias;
-    fp16 only) or ``None``: fused up to ``FUSED_AUTO_ROWS`` rows, from ``GEMM_MIN_ROWS`` fp16 rows
-    gemm, or dense from ``dense_min_rows`` rows, kernels otherwise. ``fused=True/False`` is shorthand for
-    ``path="fused"/"kernels"``.
+    fp16 only) or ``None``: the choice of ``auto_path`` (the FQFrameLinear plugin's).
+    ``fused=True/False`` is shorthand for ``path="fused"/"kernels"``.
 
     Shapes and dense equivalent as ``FrameQuantLinear``: ``y = x @ (P_out D_hat P_in^T).T + b``.
     """
@@ -237,13 +238,8 @@ class KernelLinear(nn.Module):
             dtype = self.act_dtype
         path = self.path
         if path is None:
-            if rows <= FUSED_AUTO_ROWS:
-                path = "fused"
-            elif dtype != torch.float16 or rows < GEMM_MIN_ROWS:
-                path = "kernels"
-            else:
-                dense = dense_min_rows(self.in_features, self.out_features, self.layer.frame_shape[0])
-                path = "dense" if rows >= dense else "gemm"
+            path = auto_path(rows, dtype == torch.float16, self.in_features, self.out_features,
+                             self.layer.frame_shape[0])
         if self._barrier is None or self._barrier.device != x.device:
             self._barrier = torch.zeros(1, dtype=torch.int32, device=x.device)
         self.last_path = path

@@ -320,6 +320,18 @@ def test_dense_path_refuses_fp32(h):
         h.frame_linear(torch.randn(300, 768, device=DEV), layer, path="dense")
 
 
+def test_auto_path_rule(h):
+    # fq::auto_layer_path, which the FQFrameLinear plugin calls too: one row single-launch, three
+    # launches below 64 rows and for fp32, then for fp16 the gemm path and from dense_min_rows the dense form.
+    n, m, k_out = 768, 3072, random_layer(768, 3072).frame_shape[0]
+    dense = h.dense_min_rows(n, m, k_out)
+    assert 64 < dense
+    expect = {(1, True): "fused", (1, False): "fused", (2, True): "kernels", (63, True): "kernels",
+              (64, True): "gemm", (dense - 1, True): "gemm", (dense, True): "dense", (5000, False): "kernels"}
+    for (rows, fp16), path in expect.items():
+        assert h.auto_path(rows, fp16, n, m, k_out) == path, (rows, fp16)
+
+
 def test_auto_path_takes_dense_for_many_rows(h, monkeypatch):
     # From dense_min_rows rows the automatic choice is the dense form, below it the gemm path.
     layer = random_layer(768, 3072, seed=5).to(DEV)

@@ -178,6 +178,18 @@ size_t packed_matmul_gemm_workspace_bytes(const PackedMatMulParams& p, int64_t r
 cudaError_t launch_packed_matmul_gemm(const PackedMatMulParams& p, const void* x, void* z, int64_t rows,
                                       void* workspace, void* cublas_handle, cudaStream_t stream);
 
+// The path a whole layer takes where its caller leaves the choice to the library (the harness'
+// KernelLinear and the FQFrameLinear plugin, so that both take the same one): the single-launch
+// layer for one row; three launches for 2 to kPackedGemmMinRows - 1 rows, for fp32 and without
+// cuBLAS; else the gemm path, and the dense form from dense_min_rows rows (H100 timings in the
+// README). The values are the harness' path numbers.
+enum class LayerPath : int { kFused = 1, kThreeLaunches = 2, kGemm = 3, kDense = 7 };
+inline LayerPath auto_layer_path(int64_t rows, DType dtype, int64_t n, int64_t m, int64_t k_out, bool with_cublas) {
+    if (rows <= 1) return LayerPath::kFused;
+    if (dtype != DType::kFloat16 || rows < kPackedGemmMinRows || !with_cublas) return LayerPath::kThreeLaunches;
+    return rows >= dense_min_rows(n, m, k_out) ? LayerPath::kDense : LayerPath::kGemm;
+}
+
 // out[i] = (half) in[i]: the plugin's fp32 scale/zero inputs (exact: they are fp16 values).
 cudaError_t launch_half_from_float(const float* in, __half* out, int n, cudaStream_t stream);
 

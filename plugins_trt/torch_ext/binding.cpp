@@ -259,6 +259,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("frame_linear", &frame_linear);
     m.def("effective_weight", &effective_weight);
     m.def("dense_min_rows", &fq::dense_min_rows);
+    // The automatic layer path (fq::auto_layer_path; this extension links cuBLAS) as a PATHS number.
+    m.def("auto_path", [](int64_t rows, bool fp16, int64_t n, int64_t m, int64_t k_out) {
+        const auto dtype = fp16 ? fq::DType::kFloat16 : fq::DType::kFloat32;
+        return static_cast<int>(fq::auto_layer_path(rows, dtype, n, m, k_out, true));
+    });
     m.def("frame_tables", &frame_tables);
     m.def("rotation_tables", &rotation_tables);
     m.attr("fused_max_rows") = fq::kFusedMaxRows;

@@ -500,16 +500,14 @@ FrameLinearParams FQFrameLinearPlugin::shape_params() const {
 }
 
 FQFrameLinearPlugin::Path FQFrameLinearPlugin::path_for(DataType type, int64_t rows) const {
-    if (rows <= 1) return Path::kFused;
 #ifdef FQ_WITH_CUBLAS
-    if (type == DataType::kHALF && rows >= kPackedGemmMinRows) {
-        const FrameLinearParams p = shape_params();
-        return rows >= dense_min_rows(p.in_dim(), p.out_dim(), p.matmul.out_features) ? Path::kDense : Path::kGemm;
-    }
+    constexpr bool kWithCublas = true;
 #else
-    (void)type;
+    constexpr bool kWithCublas = false;
 #endif
-    return Path::kThreeLaunches;
+    const FrameLinearParams p = shape_params();
+    return auto_layer_path(rows, type == DataType::kHALF ? DType::kFloat16 : DType::kFloat32, p.in_dim(), p.out_dim(),
+                           p.matmul.out_features, kWithCublas);
 }
 
 size_t FQFrameLinearPlugin::workspace_for(DataType type, int64_t rows) const {

@@ -179,7 +179,7 @@ public:
                     cudaStream_t stream) noexcept override;
 
 private:
-    enum class Path { kFused, kThreeLaunches, kGemm, kDense };
+    using Path = LayerPath;
     Path path_for(nvinfer1::DataType type, int64_t rows) const;
     FrameLinearParams shape_params() const;  // sizes only, no table pointers
     size_t workspace_for(nvinfer1::DataType type, int64_t rows) const;
