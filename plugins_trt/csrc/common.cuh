@@ -311,17 +311,14 @@ __device__ __forceinline__ void fwht_registers(float (&v)[16], int pts) {
     }
 }
 
-// One radix-16 coset of a power-of-two row: points p[e * step], e < 16. kStep: the step known at
-// compile time (the first pass: consecutive floats, immediate offsets), 0: `step`.
-template <int kStep>
+// One radix-16 coset of a power-of-two row: points p[e * step], e < 16.
 __device__ __forceinline__ void fwht_coset16(float* p, int step) {
-    const int s = kStep ? kStep : step;
     float v[16];
 #pragma unroll
-    for (int e = 0; e < 16; ++e) v[e] = p[e * s];
+    for (int e = 0; e < 16; ++e) v[e] = p[e * step];
     fwht_registers(v, 16);
 #pragma unroll
-    for (int e = 0; e < 16; ++e) p[e * s] = v[e];
+    for (int e = 0; e < 16; ++e) p[e * step] = v[e];
 }
 
 // Unnormalized Walsh-Hadamard transform along the power axis of x[sp(i * odd + col)], in passes
@@ -340,7 +337,7 @@ __device__ inline void block_fwht(float* x, int power, int odd) {
                 const int low = c & ((1 << lo) - 1), high = c >> lo;
                 float* p = x + sp((high << (lo + r)) | low);
                 if (pts == 16) {
-                    fwht_coset16<0>(p, step);
+                    fwht_coset16(p, step);
                 } else {
                     float v[16];
 #pragma unroll
