@@ -505,7 +505,9 @@ FQFrameLinearPlugin::Path FQFrameLinearPlugin::path_for(DataType type, int64_t r
 #else
     constexpr bool kWithCublas = false;
 #endif
-    const FrameLinearParams p = shape_params();
+    // Sizes from the prepared params (enqueue runs after onShapeChange), else from the fields: no
+    // field lookups on every enqueue.
+    const FrameLinearParams p = params_.matmul.in_features != 0 ? params_ : shape_params();
     return auto_layer_path(rows, type == DataType::kHALF ? DType::kFloat16 : DType::kFloat32, p.in_dim(), p.out_dim(),
                            p.matmul.out_features, kWithCublas);
 }
