@@ -268,12 +268,9 @@ __device__ inline void warp_dft_in_place(const FrameParams& f, __half* z, const 
 // a frame, with the rotation's signs (bits; null: none). No sync.
 __device__ inline void warp_gather(const SideRows& s, const __half* z, __half* v, const uint32_t* bits) {
     const int lane = threadIdx.x & 31;
+    const SignFold signs{bits, 1.f};
     auto put = [&](int j, float re, float im) {
-        if (bits) {
-            const uint32_t word = bits[j >> 4], shift = (2 * j) & 31;
-            re = __int_as_float(__float_as_int(re) ^ (((word >> shift) & 1u) << 31));
-            im = __int_as_float(__float_as_int(im) ^ (((word >> (shift + 1)) & 1u) << 31));
-        }
+        signs.apply(j, re, im);
         st_half2(v + vswz(2 * j), re, im);
     };
     if (!s.has_frame) {
@@ -387,10 +384,8 @@ cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __
         s.d % 8 || ldz % 8 || ldy % 8 || ldz < round_up(s.k_len, 8) || ldy < s.d || misaligned(z) || misaligned(y))
         return cudaErrorNotSupported;
     if (rows <= 0) return cudaSuccess;
-    int device = 0, optin = 0, sms = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    const DeviceLimits dev = device_limits();
+    const int optin = dev.smem_optin, sms = dev.sms;
     const int64_t per_warp = 2 * static_cast<int64_t>(side_z_halves(s) + side_v_halves(s));
     int64_t warps = (optin - side_table_bytes(s)) / per_warp;
     warps = std::min<int64_t>({warps, kSideMaxWarps, (rows + sms - 1) / sms});

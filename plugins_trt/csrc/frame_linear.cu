@@ -344,11 +344,8 @@ template <typename T> auto epilogue_instance(bool ks4, int threads) {
 template <typename Pick, typename KPlain, typename Stage, typename... Args>
 cudaError_t launch_rows(Pick pick, KPlain plain, Stage stage_floats, size_t plain_bytes, bool stageable, int threads,
                         int64_t rows, cudaStream_t stream, Args... args) {
-    int device = 0, optin = 0, per_sm = 0, sms = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    const DeviceLimits dev = device_limits();
+    const int optin = dev.smem_optin, per_sm = dev.smem_per_sm, sms = dev.sms;
     if (rows <= 2 * static_cast<int64_t>(sms)) threads = kThreads;
     for (const bool tables : {true, false}) {
         const size_t bytes = sizeof(float) * stage_floats(tables);
@@ -500,9 +497,8 @@ cudaError_t launch_fused(const FrameLinearParams& p, const T* x, T* y, int rows,
     const size_t smem = sizeof(float) * (round4(std::max(prologue_floats(p), p.matmul.out_features)) + epilogue_floats(p));
     cudaError_t err = allow_smem(kernel, smem);
     if (err != cudaSuccess) return err;
-    int device = 0, sms = 0, per_sm = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    const int sms = device_limits().sms;
+    int per_sm = 0;
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
     if (err != cudaSuccess) return err;
     if (per_sm < 1) return cudaErrorInvalidConfiguration;
@@ -678,10 +674,8 @@ template <int BITS, typename T>
 cudaError_t launch_decode(const FrameLinearParams& p, const T* x, T* y, int rows, void* workspace,
                           unsigned int* counter, bool one_wave, cudaStream_t stream) {
     auto kernel = decode_frame_linear_kernel<BITS, T>;
-    int device = 0, sms = 0, optin = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    const DeviceLimits dev = device_limits();
+    const int sms = dev.sms, optin = dev.smem_optin;
     cudaFuncAttributes attr{};
     cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
     if (err != cudaSuccess) return err;

@@ -468,13 +468,11 @@ cudaError_t launch_split(const FrameLinearParams& p, const T* x, T* y, int rows,
                          unsigned int* barrier, cudaStream_t stream) {
     if (!(p.has_rotation_in && p.has_frame_in && p.has_frame_out && p.has_rotation_out)) return cudaErrorNotSupported;
     auto kernel = split_frame_linear_kernel<BITS, T>;
-    int device = 0, sms = 0, per_sm = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    const DeviceLimits dev = device_limits();
+    const int sms = dev.sms, optin = dev.smem_optin;
+    int per_sm = 0;
     // Plan for kBlocksPerSm blocks per SM, else for one (a larger slab of codes per block); all
     // blocks must be resident at once (they wait for each other).
-    int optin = 0;
-    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     SplitPlan s{};
     size_t smem = 0;
     int grid = 0;
