@@ -14,6 +14,7 @@ profile that explains a missed goal of ``benchmarks/kernels.py``.
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import sys
 from pathlib import Path
@@ -90,6 +91,9 @@ def steps(layer, rows: int, bandwidth: float) -> list[dict]:
 
 def short_name(name: str) -> str:
     """A kernel's name without namespaces, template arguments and parameters."""
+    cols = re.search(r"side_cols_kernel<\d+, (\d+)>", name)
+    if cols:
+        return "side_cols_kernel" + (f" (decoding {cols.group(1)}-bit codes)" if cols.group(1) != "0" else "")
     for key in ("prologue_kernel", "epilogue_kernel", "side_rows_kernel", "transpose_kernel", "dequantize", "memset",
                 "Memset"):
         if key in name:

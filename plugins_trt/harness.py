@@ -247,10 +247,11 @@ class KernelLinear(nn.Module):
         return y.to(x.dtype)
 
 
-def effective_weight(layer: FrameQuantLinear, device="cuda") -> torch.Tensor:
-    """``W = P_out D_hat P_in^T`` (``out x in``, fp16) as the dense path builds it on the GPU."""
+def effective_weight(layer: FrameQuantLinear, device="cuda", by_rows: bool = False) -> torch.Tensor:
+    """``W = P_out D_hat P_in^T`` (``out x in``, fp16) as the dense path builds it on the GPU;
+    ``by_rows`` forces the row-at-a-time build that the slab kernels replace where they can."""
     tables, ints = KernelLinear(layer).tables(torch.device(device))
-    return load_extension().effective_weight(tables, ints).T
+    return load_extension().effective_weight(tables, ints, by_rows).T
 
 
 def frame_linear(x: torch.Tensor, layer: FrameQuantLinear, fused: bool | None = None,

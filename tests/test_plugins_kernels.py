@@ -295,21 +295,26 @@ def dense_weight16(layer):
     return layer.in_basis.from_frame(left)
 
 
-@pytest.mark.parametrize("shape,rotate,frames", [((768, 3072), True, True), ((3072, 768), True, True),
-                                                 ((4096, 4096), True, True), ((1024, 2048), True, True),
-                                                 ((128, 512), True, True), ((1024, 8192), True, True),
-                                                 ((2048, 1024), True, False), ((768, 768), False, True),
-                                                 ((768, 768), True, False), ((384, 1536), False, False),
-                                                 ((97, 130), False, False)])
-def test_effective_weight(h, shape, rotate, frames):
-    # The dense path's weight, built on the GPU by transforming the weight's rows, against
-    # FrameQuantLinear.dense_weight (float64, dense frame and rotation operators). Power-of-two
-    # sides take the side-rows kernel: Walsh-Hadamard passes of 16 points on tensor cores and of
-    # fewer (1024, 2048, 8192) or short rows (128) on CUDA cores, DFT widths over 64 (8192);
-    # sides with an odd factor (768, 3072) the epilogue kernel.
+@pytest.mark.parametrize("by_rows", [False, True], ids=["auto", "rows"])
+@pytest.mark.parametrize("shape,rotate,frames,bits", [((768, 3072), True, True, 2), ((3072, 768), True, True, 2),
+                                                      ((4096, 4096), True, True, 2), ((1024, 2048), True, True, 2),
+                                                      ((128, 512), True, True, 2), ((1024, 8192), True, True, 2),
+                                                      ((2048, 1024), True, False, 2), ((768, 768), False, True, 2),
+                                                      ((768, 768), True, False, 2), ((384, 1536), False, False, 2),
+                                                      ((97, 130), False, False, 2), ((1024, 1024), False, True, 2),
+                                                      ((512, 256), False, False, 2), ((1024, 2048), True, True, 4),
+                                                      ((2048, 1024), True, True, 8), ((1024, 2048), True, True, 3)])
+def test_effective_weight(h, shape, rotate, frames, bits, by_rows):
+    # The dense path's weight, built on the GPU, against FrameQuantLinear.dense_weight (float64,
+    # dense frame and rotation operators). by_rows: one weight row at a time (the side-rows
+    # kernel on power-of-two sides: Walsh-Hadamard passes of 16 points on tensor cores, of fewer
+    # points (1024, 2048, 8192) or short rows (128) on CUDA cores, DFT widths over 64 (8192); the
+    # epilogue kernel on sides with an odd factor (768, 3072)). auto: power-of-two sides take the
+    # slab kernels, 8 rows decoded from the codes (2, 4, 8 bits; 3 bits decode apart) and then 8
+    # columns at a time; K_out = 4500 leaves a partial last slab.
     in_f, out_f = shape
-    layer = random_layer(in_f, out_f, seed=in_f + 2 * out_f, rotate=rotate, frames=frames).to(DEV)
-    w = h.effective_weight(layer)
+    layer = random_layer(in_f, out_f, bits=bits, seed=in_f + 2 * out_f, rotate=rotate, frames=frames).to(DEV)
+    w = h.effective_weight(layer, by_rows=by_rows)
     assert w.shape == (out_f, in_f) and w.dtype == torch.float16
     check_against(w, layer.dense_weight().to(DEV), dense_weight16(layer), f"effective weight {shape}")
 

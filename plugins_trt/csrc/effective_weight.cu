@@ -399,6 +399,434 @@ cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __
     return cudaGetLastError();
 }
 
+// ---- one side over the columns of a matrix, 8 columns at a time ----------------------------
+//
+// y^T = R T x for the columns of x (fp16, K x cols, rows ldx apart): the same transform as the
+// side-rows kernel, but along x's columns, and written as the rows of y (cols x d, rows ldy
+// apart). The dense build's second pass runs on F (K_out x n) so: it writes W^T directly and no
+// transpose of F is needed. A block owns a slab of 8 columns at a time (one 16-byte piece of each
+// of x's rows), held in shared memory as K rows of 16 bytes; every step works on all 8 columns at
+// once, so the gather's table entries and addresses serve 8 values each, and each tensor-core
+// product is a m16n8k16 whose n is the slab:
+//   - per-block DFT: z_block (2k x 8) <- DFT^T z_block (A = the table, B = the slab, ldmatrix.trans);
+//   - the synthesis gather with the rotation's signs, into v (d x 8);
+//   - the Walsh-Hadamard passes: (H_16 / 4) times 16 points 2^lo apart by the 8 columns;
+//   - the output through ldmatrix.trans: each lane gets 8 consecutive points of one column.
+// The next slab is copied in (cp.async) while the block works on this one.
+
+constexpr int kColThreads = 512;
+constexpr int kSlab = 8;  // columns of a slab: one 16-byte piece per row
+
+// v's rows (16 bytes) are stored permuted: point p at slot p ^ S(p), S linear in p's bits 3-6 and
+// 8-18 and < 8. Its images of bits 3, 4, 5, 6 are 3, 4, 1, 2, and bits 8-10 (12-14, 16-18) map to
+// 1, 2, 4: the 8 rows that one 8 x 8 ldmatrix piece or one store instruction touches then hit 8
+// distinct 16-byte bank groups in every Walsh-Hadamard pass (rows 2^lo apart), in the gather's
+// stores (rows 2j) and in the output's loads (rows 8i + 2m, 8i + 2m + 1). Checked on the host for
+// every access pattern up to 65536 points.
+__device__ __forceinline__ int cslot(int p) {
+    const int n = (p >> 3) & 15;
+    const int s = ((n & 1) * 3) ^ ((n & 2) << 1) ^ ((n >> 2) & 1) ^ ((n >> 2) & 2);
+    return p ^ s ^ (((p >> 8) ^ (p >> 12) ^ (p >> 16)) & 7);
+}
+
+// Rows of a slab buffer z: K, padded so that the DFT's last k-steps (up to 31 rows past a block's
+// start beyond its 2k) read zeros, not past the buffer.
+__host__ __device__ inline int cols_z_rows(const SideRows& s) { return s.has_frame ? round_up(s.k_len, 32) + 32 : s.k_len; }
+__host__ __device__ inline int cols_sign_bytes(const SideRows& s) { return s.has_rotation ? 16 * ((s.d + 127) / 128) : 0; }
+// Radix-16 passes, and entries of the block's slot table: cslot of each pair's base point in
+// every radix-16 pass, then of each output step's base point (32 points apart).
+__host__ __device__ inline int cols_passes16(const SideRows& s) {
+    int log2n = 0;
+    while (s.has_rotation && (2 << log2n) <= s.r.power) ++log2n;
+    return log2n / 4;
+}
+__host__ __device__ inline int cols_slot_entries(const SideRows& s) { return (cols_passes16(s) * s.r.power + s.d) / 32; }
+__host__ __device__ inline int cols_table_bytes(const SideRows& s) {
+    return side_dft_bytes(s) + cols_sign_bytes(s) + round_up(2 * cols_slot_entries(s), 16);
+}
+
+// In place over a slab z: each block's 2k rows <- DFT^T times them. Warps take whole blocks; a
+// block's B fragments (its rows, and the next block's first rows times the table's zero columns)
+// are all loaded before its outputs are stored. No sync.
+template <int KS>
+__device__ inline void cols_dft(const FrameParams& f, __half* z, const __half* dft) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int g = lane >> 2, q = lane & 3, two_k = 2 * f.k, ksteps = f.kp / 16, pitch = dft_pitch(f.kp);
+    const int ntiles = (two_k + 15) / 16;
+    const __half* arow = dft + (lane & 15) * pitch + 8 * (lane >> 4);
+    for (int blk = warp; blk < f.rho_c; blk += nwarps) {
+        __half* zb = z + static_cast<int64_t>(blk) * two_k * kSlab;
+        uint32_t b[KS][2];
+#pragma unroll
+        for (int j = 0; j < KS / 2; ++j) {
+            if (2 * j < ksteps) {  // rows 32 j + lane: pieces k 0-7, 8-15 (step 2j), 16-23, 24-31 (2j + 1)
+                uint32_t r[4];
+                ldmatrix_x4(r, zb + (32 * j + lane) * kSlab, true);
+                b[2 * j][0] = r[0], b[2 * j][1] = r[1], b[2 * j + 1][0] = r[2], b[2 * j + 1][1] = r[3];
+            }
+        }
+        __syncwarp();
+        for (int nt = 0; nt < ntiles; ++nt) {
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int s = 0; s < KS; ++s) {
+                if (s < ksteps) {
+                    uint32_t a[4];
+                    ldmatrix_x4(a, arow + 16 * nt * pitch + 16 * s, false);
+                    mma16816(acc, a, b[s][0], b[s][1]);
+                }
+            }
+            const int r0 = 16 * nt + g, r1 = r0 + 8;
+            if (r0 < two_k) st_half2(zb + r0 * kSlab + 2 * q, acc[0], acc[1]);
+            if (r1 < two_k) st_half2(zb + r1 * kSlab + 2 * q, acc[2], acc[3]);
+        }
+    }
+}
+
+__device__ __forceinline__ void unpack8(const uint4& u, float (&x)[8]) {
+    const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(h[i]);
+        x[2 * i] = f.x, x[2 * i + 1] = f.y;
+    }
+}
+__device__ __forceinline__ uint4 pack8(const float (&x)[8], uint32_t sign) {
+    return make_uint4(pack_half2(x[0], x[1]) ^ sign, pack_half2(x[2], x[3]) ^ sign, pack_half2(x[4], x[5]) ^ sign,
+                      pack_half2(x[6], x[7]) ^ sign);
+}
+
+// v (rows 2j, 2j + 1 at their slots) <- the synthesis gather of the DFT'd slab z (rows 2 c, 2 c + 1 of
+// the two taps), or z itself without a frame, with the rotation's signs (bits; null: none).
+// The block's threads together; each thread loads the table entries of U coordinates before it
+// reads the slab for any of them. No sync.
+__device__ inline void cols_gather(const SideRows& s, const __half* z, __half* v, const uint32_t* bits) {
+    const uint4* zr = reinterpret_cast<const uint4*>(z);
+    uint4* vr = reinterpret_cast<uint4*>(v);
+    auto sign = [&](int row) -> uint32_t { return bits && ((bits[row >> 5] >> (row & 31)) & 1u) ? 0x80008000u : 0u; };
+    if (!s.has_frame) {
+        for (int row = threadIdx.x; row < s.d; row += blockDim.x) {
+            uint4 u = zr[row];
+            const uint32_t m = sign(row);
+            u.x ^= m, u.y ^= m, u.z ^= m, u.w ^= m;
+            vr[cslot(row)] = u;
+        }
+        return;
+    }
+    constexpr int U = 1;
+    const int dc = s.f.d_c;
+    for (int base = threadIdx.x; base < dc; base += U * blockDim.x) {
+        int c0[U], c1[U];
+        float w0[U], w1[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int j = base + u * blockDim.x;
+            const bool ok = j < dc;
+            c0[u] = ok ? __ldg(s.f.synth_bin + j) : 0;
+            c1[u] = ok ? __ldg(s.f.synth_bin + dc + j) : 0;
+            w0[u] = ok ? __ldg(s.f.synth_weight + j) : 0.f;
+            w1[u] = ok ? __ldg(s.f.synth_weight + dc + j) : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int j = base + u * blockDim.x;
+            if (j >= dc) continue;
+            const int slot = cslot(2 * j);  // row 2j + 1 sits at slot ^ 1 (cslot is linear)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {  // h = 0: real parts (row 2j), 1: imaginary (row 2j + 1)
+                float a[8], b[8];
+                unpack8(zr[2 * c0[u] + h], a);
+                unpack8(zr[2 * c1[u] + h], b);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) a[i] = w0[u] * a[i] + w1[u] * b[i];
+                vr[slot ^ h] = pack8(a, sign(2 * j + h));
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ void stmatrix_x4(__half* p, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(a), "r"(r0), "r"(r1), "r"(r2),
+                 "r"(r3)
+                 : "memory");
+#endif
+}
+
+// A radix-16 Walsh-Hadamard pass over the points 2^lo apart of v (power points by 8 columns):
+// out = (H_16 / 4) in for each group of 16 points, two groups per ldmatrix.x4.trans (lanes 0-15
+// address the first group's rows, 16-31 the second's). Groups 2i and 2i + 1 start at points base
+// and base + (lo ? 1 : 16), base's bits disjoint from the lane's offset; cslot is linear, so a
+// lane's slot is cslot(base) XOR cslot(its offset), cslot(base) from the slot table `bases`.
+// Each warp takes two pairs per step, loads before products before stores. The outputs go back
+// with stmatrix.x4 to the rows the lane loaded (sm_90), else with 32-bit stores. No sync.
+__device__ inline void cols_wht16(__half* v, int power, int lo, const uint32_t (&h)[4], const uint16_t* bases) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int second = lo ? 1 : 16, pairs = power / 32;
+    const int in = cslot(((lane >> 4) * second) | ((lane & 15) << lo));
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 900
+    const int g = lane >> 2, q = lane & 3;
+    const int out0 = cslot(g << lo), out1 = cslot((g + 8) << lo), out_second = cslot(second);
+    uint32_t* vw = reinterpret_cast<uint32_t*>(v);  // a row is 4 words
+#endif
+    for (int pair = warp; pair < pairs; pair += 2 * nwarps) {
+        int sb[2];
+        uint32_t f[2][4];
+        bool ok[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            ok[u] = pair + u * nwarps < pairs;
+            sb[u] = ok[u] ? bases[pair + u * nwarps] : 0;
+            if (ok[u]) ldmatrix_x4(f[u], v + kSlab * (sb[u] ^ in), true);
+        }
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            if (!ok[u]) continue;
+            float d0[4] = {0.f, 0.f, 0.f, 0.f}, d1[4] = {0.f, 0.f, 0.f, 0.f};
+            mma16816(d0, h, f[u][0], f[u][1]);
+            mma16816(d1, h, f[u][2], f[u][3]);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            stmatrix_x4(v + kSlab * (sb[u] ^ in), pack_half2(d0[0], d0[1]), pack_half2(d0[2], d0[3]),
+                        pack_half2(d1[0], d1[1]), pack_half2(d1[2], d1[3]));
+#else
+            vw[4 * (sb[u] ^ out0) + q] = pack_half2(d0[0], d0[1]);
+            vw[4 * (sb[u] ^ out1) + q] = pack_half2(d0[2], d0[3]);
+            vw[4 * (sb[u] ^ out_second ^ out0) + q] = pack_half2(d1[0], d1[1]);
+            vw[4 * (sb[u] ^ out_second ^ out1) + q] = pack_half2(d1[2], d1[3]);
+#endif
+        }
+    }
+}
+
+// A pass over the 2^r points 2^lo apart (r < 4) on CUDA cores, times `scale`: one thread per
+// coset and pair of columns. No sync.
+__device__ inline void cols_wht_scalar(__half* v, int power, int lo, int r, float scale) {
+    const int pts = 1 << r, cosets = power >> r;
+    __half2* vh = reinterpret_cast<__half2*>(v);  // a row is 4 pairs
+    for (int t = threadIdx.x; t < 4 * cosets; t += blockDim.x) {
+        const int c = t >> 2, pair = t & 3;
+        const int base = ((c >> lo) << (lo + r)) | (c & ((1 << lo) - 1));
+        float a[16], b[16];
+#pragma unroll
+        for (int e = 0; e < 16; ++e) {
+            if (e < pts) {
+                const float2 f = __half22float2(vh[4 * cslot(base + (e << lo)) + pair]);
+                a[e] = f.x, b[e] = f.y;
+            }
+        }
+        fwht_registers(a, pts);
+        fwht_registers(b, pts);
+#pragma unroll
+        for (int e = 0; e < 16; ++e)
+            if (e < pts) vh[4 * cslot(base + (e << lo)) + pair] = __floats2half2_rn(a[e] * scale, b[e] * scale);
+    }
+}
+
+// Words of the packed codes a decoding block stages per slab: 8 rows of D_hat.
+__host__ __device__ inline int cols_stage_words(const PackedMatMulParams& m) { return kSlab * m.words_per_row; }
+inline size_t cols_smem_bytes(const SideRows& s, const PackedMatMulParams* decode) {
+    const size_t slab = 16 * static_cast<size_t>(cols_z_rows(s));
+    return cols_table_bytes(s) + (decode ? slab + 8 * static_cast<size_t>(cols_stage_words(*decode)) : 2 * slab) +
+           16 * static_cast<size_t>(s.d);
+}
+
+// z rows l < K <- the slab's 8 rows of D_hat (rows slab * 8 + c < m.out_features, else zeros),
+// decoded from its staged words (stage[c * words_per_row + w]): one thread per row l, so that the
+// 16-byte stores of consecutive threads are consecutive. No sync.
+template <int BITS>
+__device__ inline void cols_decode(const PackedMatMulParams& m, const uint32_t* stage, int slab, __half* z, int k_len) {
+    constexpr int kCodes = 32 / BITS;
+    float sc[kSlab], zr[kSlab];
+#pragma unroll
+    for (int c = 0; c < kSlab; ++c) {
+        const int row = slab * kSlab + c;
+        const bool ok = row < m.out_features;
+        sc[c] = ok ? __half2float(m.scale[row]) : 0.f;
+        zr[c] = ok ? __half2float(m.zero[row]) : 0.f;
+    }
+    for (int l = threadIdx.x; l < k_len; l += blockDim.x) {
+        const int w = l / kCodes, shift = BITS * (l % kCodes);
+        float v[kSlab];
+#pragma unroll
+        for (int c = 0; c < kSlab; ++c)
+            v[c] = sc[c] * (static_cast<float>((stage[c * m.words_per_row + w] >> shift) & ((1u << BITS) - 1u)) - zr[c]);
+        reinterpret_cast<uint4*>(z)[l] = pack8(v, 0u);
+    }
+}
+
+// BITS = 0: the slabs are 8 columns of x (cols of them); else BITS-bit codes are decoded into the
+// slab (D_hat's rows as x's columns, cols = D_hat's rows; a last partial slab reads zero rows and
+// writes only its rows), with the next slab's words staged by cp.async.
+template <int KS, int BITS>
+__global__ void __launch_bounds__(kColThreads, 1)
+    side_cols_kernel(SideRows s, const __half* __restrict__ x, int64_t ldx, PackedMatMulParams m, int cols, __half* y,
+                     int64_t ldy) {
+    extern __shared__ __align__(16) unsigned char cols_smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int slabs = (cols + kSlab - 1) / kSlab;
+    __half* dft = reinterpret_cast<__half*>(cols_smem);
+    uint32_t* bits = reinterpret_cast<uint32_t*>(cols_smem + side_dft_bytes(s));
+    uint16_t* slots = reinterpret_cast<uint16_t*>(cols_smem + side_dft_bytes(s) + cols_sign_bytes(s));
+    const int zrows = cols_z_rows(s);
+    // One slab buffer (decoding) or two, then v, then two stages of code words.
+    __half* const z0 = reinterpret_cast<__half*>(cols_smem + cols_table_bytes(s));
+    __half* const v = z0 + (BITS ? 1 : 2) * zrows * kSlab;
+    uint32_t* const stage0 = reinterpret_cast<uint32_t*>(v + s.d * kSlab);
+    const int stage_words = BITS ? cols_stage_words(m) : 0;
+    auto zbuf = [&](int i) { return BITS ? z0 : z0 + (i & 1) * zrows * kSlab; };
+    // The next slab's rows are copied in three parts, issued in three phases of this slab (all at
+    // once, the copies' issue stalled the block on its memory pipe), as one cp.async group.
+    constexpr int kFetchParts = 3;  // decoding: the code words all in part 0
+    auto fetch = [&](int slab, int i, int part) {
+        if (slab < slabs && (BITS == 0 || part == 0)) {
+            if constexpr (BITS != 0) {
+                uint32_t* st = stage0 + (i & 1) * stage_words;
+                for (int c = 0; c < kSlab; ++c) {
+                    const int row = slab * kSlab + c;
+                    for (int w = threadIdx.x; w < m.words_per_row; w += blockDim.x) {
+                        if (row < m.out_features) cp_async4(st + c * m.words_per_row + w, m.codes + static_cast<int64_t>(row) * m.words_per_row + w);
+                        else st[c * m.words_per_row + w] = 0u;
+                    }
+                }
+            } else {
+                const __half* src = x + static_cast<int64_t>(slab) * kSlab;
+                __half* zb = zbuf(i);
+                const int r0 = part * s.k_len / kFetchParts, r1 = (part + 1) * s.k_len / kFetchParts;
+                for (int r = r0 + threadIdx.x; r < r1; r += blockDim.x) cp_async16(zb + r * kSlab, src + r * ldx);
+            }
+        }
+        if (part == kFetchParts - 1) cp_async_commit();
+    };
+    for (int part = 0; part < kFetchParts; ++part) fetch(blockIdx.x, 0, part);
+    for (int r = s.k_len + threadIdx.x; r < zrows; r += blockDim.x) {  // the pad rows the DFT reads
+        reinterpret_cast<uint4*>(zbuf(0))[r] = make_uint4(0, 0, 0, 0);
+        reinterpret_cast<uint4*>(zbuf(1))[r] = make_uint4(0, 0, 0, 0);
+    }
+    if (s.has_rotation) stage_sign_bits(bits, s.r.signs, s.d);
+    const int passes16 = cols_passes16(s), pairs = s.has_rotation ? s.r.power / 32 : 0;
+    uint16_t* const out_slots = slots + passes16 * pairs;
+    for (int e = threadIdx.x; e < passes16 * pairs; e += blockDim.x) {  // pair i of pass lo: groups 2i, 2i + 1
+        const int lo = 4 * (e / pairs), gi = 2 * (e % pairs);
+        slots[e] = static_cast<uint16_t>(cslot(((gi >> lo) << (lo + 4)) | (gi & ((1 << lo) - 1))));
+    }
+    for (int e = threadIdx.x; e < s.d / 32; e += blockDim.x) out_slots[e] = static_cast<uint16_t>(cslot(32 * e));
+    if (s.has_frame) load_dft(s.f.dft_t, dft, s.f.kp);  // ends with a barrier
+    else __syncthreads();
+    uint32_t h[4];
+    {
+        const int g = lane >> 2, q = lane & 3;
+        h[0] = h16_pair(g, 2 * q), h[1] = h16_pair(g + 8, 2 * q);
+        h[2] = h16_pair(g, 2 * q + 8), h[3] = h16_pair(g + 8, 2 * q + 8);
+    }
+    const int log2n = s.has_rotation ? __ffs(s.r.power) - 1 : 0;
+    // Output: piece m of a lane's ldmatrix.x4.trans has the rows base + 8 (i / 2) + 2 m + i % 2
+    // (lane 8 m + i), so lane 4 c + q receives points base + 8 q .. + 7 of column c.
+    const int in_out = cslot(8 * ((lane & 7) >> 1) + 2 * (lane >> 3) + (lane & 1));
+    auto output = [&](int slab) {
+        const int c = lane >> 2, q = lane & 3;
+        const bool write = slab * kSlab + c < cols;
+        __half* out = y + (static_cast<int64_t>(slab) * kSlab + c) * ldy + 8 * q;
+        constexpr int kOutSteps = 4;  // loads in flight per warp
+        for (int t0 = warp; t0 < s.d / 32; t0 += kOutSteps * nwarps) {
+            uint32_t r4[kOutSteps][4];
+#pragma unroll
+            for (int u = 0; u < kOutSteps; ++u)
+                if (t0 + u * nwarps < s.d / 32) ldmatrix_x4(r4[u], v + kSlab * (out_slots[t0 + u * nwarps] ^ in_out), true);
+#pragma unroll
+            for (int u = 0; u < kOutSteps; ++u) {
+                const int t = t0 + u * nwarps;
+                if (write && t < s.d / 32)
+                    *reinterpret_cast<uint4*>(out + 32 * t) = make_uint4(r4[u][0], r4[u][1], r4[u][2], r4[u][3]);
+            }
+        }
+    };
+    // With a frame, a slab's output is written during the next slab's DFT (which leaves v alone),
+    // so that its stores overlap the DFT's tensor-core work instead of holding the block alone.
+    const bool deferred = s.has_frame;
+    int it = 0, last = -1;
+    for (int slab = blockIdx.x; slab < slabs; slab += gridDim.x, ++it) {
+        __half* z = zbuf(it);
+        fetch(slab + gridDim.x, it + 1, 0);
+        cp_async_wait<1>();
+        __syncthreads();
+        if constexpr (BITS != 0) {
+            cols_decode<BITS>(m, stage0 + (it & 1) * stage_words, slab, z, s.k_len);
+            __syncthreads();
+        }
+        if (s.has_frame) {
+            cols_dft<KS>(s.f, z, dft);
+            if (last >= 0) output(last);
+            __syncthreads();
+        }
+        fetch(slab + gridDim.x, it + 1, 1);
+        cols_gather(s, z, v, s.has_rotation ? bits : nullptr);
+        __syncthreads();
+        fetch(slab + gridDim.x, it + 1, 2);
+        for (int lo = 0; lo < log2n; lo += 4) {
+            const int r = min(4, log2n - lo);
+            if (r == 4) cols_wht16(v, s.r.power, lo, h, slots + (lo / 4) * pairs);
+            else cols_wht_scalar(v, s.r.power, lo, r, exp2f(-0.5f * r));
+            __syncthreads();
+        }
+        if (deferred) {
+            last = slab;
+        } else {
+            output(slab);
+            __syncthreads();  // v read before the next slab's gather writes it
+        }
+    }
+    if (last >= 0) output(last);
+    cp_async_wait_all();
+}
+
+// What both column launchers check of the side and y (cols x d, rows ldy apart): no odd factor,
+// d a multiple of 32, DFT widths of at most 128, y 16-byte aligned.
+bool side_cols_supported(const SideRows& s, const __half* y, int64_t ldy) {
+    return !((s.has_rotation && (s.r.odd != 1 || s.r.power != s.d)) || (s.has_frame && (s.f.kp > 128 || s.f.d() != s.d)) ||
+             (!s.has_frame && s.k_len != s.d) || s.d % 32 || s.d > 65536 || ldy % 8 || ldy < s.d ||
+             (reinterpret_cast<uintptr_t>(y) & 15) != 0);
+}
+
+template <int BITS>
+cudaError_t launch_cols(const SideRows& s, const __half* x, int64_t ldx, const PackedMatMulParams& m, int cols,
+                        __half* y, int64_t ldy, cudaStream_t stream) {
+    if (cols <= 0) return cudaSuccess;
+    const DeviceLimits dev = device_limits();
+    const size_t bytes = cols_smem_bytes(s, BITS ? &m : nullptr);
+    if (bytes > static_cast<size_t>(dev.smem_optin)) return cudaErrorNotSupported;
+    const int grid = std::min(dev.sms, (cols + kSlab - 1) / kSlab);
+    auto kernel = (!s.has_frame || s.f.kp <= 64) ? side_cols_kernel<4, BITS> : side_cols_kernel<8, BITS>;
+    cudaError_t err = allow_smem(kernel, bytes);
+    if (err != cudaSuccess) return err;
+    kernel<<<grid, kColThreads, bytes, stream>>>(s, x, ldx, m, cols, y, ldy);
+    return cudaGetLastError();
+}
+
+// The side-columns kernel over x (K x cols, rows ldx halves apart, 16-byte aligned, cols a
+// multiple of 8) where side_cols_supported and its buffers fit in shared memory; returns
+// cudaErrorNotSupported (nothing launched) otherwise.
+cudaError_t launch_side_cols(const SideRows& s, const __half* x, int64_t ldx, int cols, __half* y, int64_t ldy,
+                             cudaStream_t stream) {
+    if (!side_cols_supported(s, y, ldy) || cols % kSlab || ldx % 8 || ldx < cols ||
+        (reinterpret_cast<uintptr_t>(x) & 15) != 0)
+        return cudaErrorNotSupported;
+    return launch_cols<0>(s, x, ldx, PackedMatMulParams{}, cols, y, ldy, stream);
+}
+
+// The side over D_hat's rows decoded from the codes (2, 4 or 8 bits), as the columns of D_hat^T:
+// y (out_features x d) = rows of D_hat transformed. cudaErrorNotSupported as launch_side_cols.
+cudaError_t launch_decode_side_cols(const SideRows& s, const PackedMatMulParams& m, __half* y, int64_t ldy,
+                                    cudaStream_t stream) {
+    if (!side_cols_supported(s, y, ldy) || m.in_features != s.k_len) return cudaErrorNotSupported;
+    switch (m.bits) {
+        case 2: return launch_cols<2>(s, nullptr, 0, m, m.out_features, y, ldy, stream);
+        case 4: return launch_cols<4>(s, nullptr, 0, m, m.out_features, y, ldy, stream);
+        case 8: return launch_cols<8>(s, nullptr, 0, m, m.out_features, y, ldy, stream);
+        default: return cudaErrorNotSupported;
+    }
+}
+
 // One side over rows: the side-rows kernel, else the layer's epilogue kernel (y rows d apart).
 cudaError_t transform_rows(const FrameLinearParams& side, const __half* z, int64_t ldz, __half* y, int64_t rows,
                            cudaStream_t stream) {
@@ -423,24 +851,35 @@ size_t effective_weight_workspace_bytes(const FrameLinearParams& p) {
     return align256(sizeof(__half) * buffer_a(p)) + align256(sizeof(__half) * buffer_b(p));
 }
 
-cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace, __half** w_t, cudaStream_t stream) {
+cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace, __half** w_t, cudaStream_t stream,
+                                    WeightBuild build) {
     const int n = p.in_dim(), k_in = p.matmul.in_features, k_out = p.matmul.out_features;
     __half* a = static_cast<__half*>(workspace);
     __half* b = reinterpret_cast<__half*>(static_cast<char*>(workspace) + align256(sizeof(__half) * buffer_a(p)));
     const int64_t ld = padded_ld(k_in), ld_g = padded_ld(k_out);
-    cudaError_t err = launch_dequantize_ld(p.matmul, a, ld, stream);
     // The input side's synthesis runs as an epilogue whose "output side" is the input's recipe.
     FrameLinearParams in_side = p;
     in_side.has_frame_out = p.has_frame_in, in_side.frame_out = p.frame_in;
     in_side.has_rotation_out = p.has_rotation_in, in_side.rotation_out = p.rotation_in;
     in_side.matmul.out_features = k_in;
     in_side.bias = nullptr;
-    if (err == cudaSuccess) err = transform_rows(in_side, a, ld, b, k_out, stream);
-    if (err == cudaSuccess) err = launch_transpose(b, a, k_out, n, ld_g, stream);
+    // F: D_hat decoded and transformed slab by slab; else decoded whole, then transformed by rows.
+    const bool slabs = build == WeightBuild::kAuto;
+    cudaError_t err = slabs ? launch_decode_side_cols(side_of(in_side), p.matmul, b, n, stream) : cudaErrorNotSupported;
+    if (err == cudaErrorNotSupported) {
+        err = launch_dequantize_ld(p.matmul, a, ld, stream);
+        if (err == cudaSuccess) err = transform_rows(in_side, a, ld, b, k_out, stream);
+    }
     FrameLinearParams out_side = p;
     out_side.bias = nullptr;
-    if (err == cudaSuccess) err = transform_rows(out_side, a, ld_g, b, n, stream);
+    *w_t = a;
+    if (err != cudaSuccess) return err;
+    // The output side over F's columns, straight into W^T; else transpose F and run it over rows.
+    err = slabs ? launch_side_cols(side_of(out_side), b, n, n, a, p.out_dim(), stream) : cudaErrorNotSupported;
+    if (err != cudaErrorNotSupported) return err;
     *w_t = b;
+    err = launch_transpose(b, a, k_out, n, ld_g, stream);
+    if (err == cudaSuccess) err = transform_rows(out_side, a, ld_g, b, n, stream);
     return err;
 }
 

@@ -147,10 +147,14 @@ cudaError_t launch_frame_linear_gemm(const FrameLinearParams& p, const void* x, 
 
 // The layer's dense effective weight, transposed: W^T = (P_out D_hat P_in^T)^T (in dim x out dim,
 // fp16, row-major), built in `workspace` (effective_weight_workspace_bytes(p)) from the codes and
-// tables by transforming the weight's rows (effective_weight.cu); *w_t points at it inside the
-// workspace. The same weight as the layer's five steps, rounded once to fp16.
+// tables (effective_weight.cu); *w_t points at it inside the workspace. The same weight as the
+// layer's five steps, rounded to fp16 between its steps. kAuto transforms slabs of 8 of the
+// weight's rows or columns at a time where the sides allow it (see effective_weight.cu), kRows
+// always one row at a time, with a transpose between the sides (the tests prove both).
+enum class WeightBuild : int { kAuto = 0, kRows = 1 };
 size_t effective_weight_workspace_bytes(const FrameLinearParams& p);
-cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace, __half** w_t, cudaStream_t stream);
+cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace, __half** w_t, cudaStream_t stream,
+                                    WeightBuild build = WeightBuild::kAuto);
 
 // Many rows, fp16, dense form (gemm_cublas.cpp, links cuBLASLt): W^T built in the workspace as
 // above, then y = x W^T + bias as one cuBLASLt GEMM with the bias in its epilogue. Its cost is

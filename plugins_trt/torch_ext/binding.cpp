@@ -205,14 +205,15 @@ torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, s
 }
 
 // W^T = (P_out D_hat P_in^T)^T, (in dim, out dim) fp16, as the dense path builds it.
-torch::Tensor effective_weight(std::vector<torch::Tensor> tables, std::vector<int64_t> ints) {
+torch::Tensor effective_weight(std::vector<torch::Tensor> tables, std::vector<int64_t> ints, bool by_rows) {
     auto p = layer_params(tables, ints);
     auto opts = tables.at(0).options();
     auto ws = torch::empty({static_cast<int64_t>(fq::effective_weight_workspace_bytes(p))}, opts.dtype(torch::kUInt8));
     auto w_t = torch::empty({p.in_dim(), p.out_dim()}, opts.dtype(torch::kHalf));
     auto stream = c10::cuda::getCurrentCUDAStream();
     __half* built = nullptr;
-    check(fq::launch_effective_weight(p, ws.data_ptr(), &built, stream), "effective_weight");
+    check(fq::launch_effective_weight(p, ws.data_ptr(), &built, stream,
+                                      by_rows ? fq::WeightBuild::kRows : fq::WeightBuild::kAuto), "effective_weight");
     check(cudaMemcpyAsync(w_t.data_ptr(), built, w_t.nbytes(), cudaMemcpyDeviceToDevice, stream), "effective_weight copy");
     return w_t;
 }
