@@ -496,16 +496,17 @@ __device__ __forceinline__ uint4 pack8(const float (&x)[8], uint32_t sign) {
                       pack_half2(x[6], x[7]) ^ sign);
 }
 
-// v (rows 2j, 2j + 1 at their slots) <- the synthesis gather of the DFT'd slab z (rows 2 c, 2 c + 1 of
-// the two taps), or z itself without a frame, with the rotation's signs (bits; null: none).
-// The block's threads together; each thread loads the table entries of U coordinates before it
-// reads the slab for any of them. No sync.
-__device__ inline void cols_gather(const SideRows& s, const __half* z, __half* v, const uint32_t* bits) {
+// v's rows 2j, 2j + 1 (at their slots) for j0 <= j < j1 <- the synthesis gather of the DFT'd slab
+// z (rows 2 c, 2 c + 1 of the two taps), or z's rows 2j, 2j + 1 without a frame, with the
+// rotation's signs (bits; null: none). Thread t of nt takes every nt-th j and loads the table
+// entries of U coordinates before it reads the slab for any of them. No sync.
+__device__ inline void cols_gather(const SideRows& s, const __half* z, __half* v, const uint32_t* bits, int j0, int j1,
+                                   int t, int nt) {
     const uint4* zr = reinterpret_cast<const uint4*>(z);
     uint4* vr = reinterpret_cast<uint4*>(v);
     auto sign = [&](int row) -> uint32_t { return bits && ((bits[row >> 5] >> (row & 31)) & 1u) ? 0x80008000u : 0u; };
     if (!s.has_frame) {
-        for (int row = threadIdx.x; row < s.d; row += blockDim.x) {
+        for (int row = 2 * j0 + t; row < 2 * j1; row += nt) {
             uint4 u = zr[row];
             const uint32_t m = sign(row);
             u.x ^= m, u.y ^= m, u.z ^= m, u.w ^= m;
@@ -513,15 +514,15 @@ __device__ inline void cols_gather(const SideRows& s, const __half* z, __half* v
         }
         return;
     }
-    constexpr int U = 1;
+    constexpr int U = 2;
     const int dc = s.f.d_c;
-    for (int base = threadIdx.x; base < dc; base += U * blockDim.x) {
+    for (int base = j0 + t; base < j1; base += U * nt) {
         int c0[U], c1[U];
         float w0[U], w1[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int j = base + u * blockDim.x;
-            const bool ok = j < dc;
+            const int j = base + u * nt;
+            const bool ok = j < j1;
             c0[u] = ok ? __ldg(s.f.synth_bin + j) : 0;
             c1[u] = ok ? __ldg(s.f.synth_bin + dc + j) : 0;
             w0[u] = ok ? __ldg(s.f.synth_weight + j) : 0.f;
@@ -529,8 +530,8 @@ __device__ inline void cols_gather(const SideRows& s, const __half* z, __half* v
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int j = base + u * blockDim.x;
-            if (j >= dc) continue;
+            const int j = base + u * nt;
+            if (j >= j1) continue;
             const int slot = cslot(2 * j);  // row 2j + 1 sits at slot ^ 1 (cslot is linear)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {  // h = 0: real parts (row 2j), 1: imaginary (row 2j + 1)
@@ -559,25 +560,27 @@ __device__ __forceinline__ void stmatrix_x4(__half* p, uint32_t r0, uint32_t r1,
 // address the first group's rows, 16-31 the second's). Groups 2i and 2i + 1 start at points base
 // and base + (lo ? 1 : 16), base's bits disjoint from the lane's offset; cslot is linear, so a
 // lane's slot is cslot(base) XOR cslot(its offset), cslot(base) from the slot table `bases`.
-// Each warp takes two pairs per step, loads before products before stores. The outputs go back
-// with stmatrix.x4 to the rows the lane loaded (sm_90), else with 32-bit stores. No sync.
-__device__ inline void cols_wht16(__half* v, int power, int lo, const uint32_t (&h)[4], const uint16_t* bases) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    const int second = lo ? 1 : 16, pairs = power / 32;
+// The warp takes pairs first, first + step, ... below `pairs`, two per step, loads before products
+// before stores. The outputs go back with stmatrix.x4 to the rows the lane loaded (sm_90), else
+// with 32-bit stores. No sync.
+__device__ inline void cols_wht16(__half* v, int lo, const uint32_t (&h)[4], const uint16_t* bases, int first,
+                                  int pairs, int step) {
+    const int lane = threadIdx.x & 31;
+    const int second = lo ? 1 : 16;
     const int in = cslot(((lane >> 4) * second) | ((lane & 15) << lo));
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 900
     const int g = lane >> 2, q = lane & 3;
     const int out0 = cslot(g << lo), out1 = cslot((g + 8) << lo), out_second = cslot(second);
     uint32_t* vw = reinterpret_cast<uint32_t*>(v);  // a row is 4 words
 #endif
-    for (int pair = warp; pair < pairs; pair += 2 * nwarps) {
+    for (int pair = first; pair < pairs; pair += 2 * step) {
         int sb[2];
         uint32_t f[2][4];
         bool ok[2];
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
-            ok[u] = pair + u * nwarps < pairs;
-            sb[u] = ok[u] ? bases[pair + u * nwarps] : 0;
+            ok[u] = pair + u * step < pairs;
+            sb[u] = ok[u] ? bases[pair + u * step] : 0;
             if (ok[u]) ldmatrix_x4(f[u], v + kSlab * (sb[u] ^ in), true);
         }
 #pragma unroll
@@ -760,12 +763,28 @@ __global__ void __launch_bounds__(kColThreads, 1)
             __syncthreads();
         }
         fetch(slab + gridDim.x, it + 1, 1);
-        cols_gather(s, z, v, s.has_rotation ? bits : nullptr);
+        const uint32_t* signs = s.has_rotation ? bits : nullptr;
+        int lo = 0;
+        if (log2n >= 8) {
+            // The gather and the first two passes stay inside 256-point blocks of v: each warp
+            // takes whole blocks through the three with no block barrier in between.
+            for (int b = warp; b < s.r.power / 256; b += nwarps) {
+                cols_gather(s, z, v, signs, 128 * b, 128 * b + 128, lane, 32);
+                __syncwarp();
+                cols_wht16(v, 0, h, slots, 8 * b, 8 * b + 8, 1);
+                __syncwarp();
+                cols_wht16(v, 4, h, slots + pairs, 8 * b, 8 * b + 8, 1);
+                __syncwarp();
+            }
+            lo = 8;
+        } else {
+            cols_gather(s, z, v, signs, 0, s.d / 2, threadIdx.x, blockDim.x);
+        }
         __syncthreads();
         fetch(slab + gridDim.x, it + 1, 2);
-        for (int lo = 0; lo < log2n; lo += 4) {
+        for (; lo < log2n; lo += 4) {
             const int r = min(4, log2n - lo);
-            if (r == 4) cols_wht16(v, s.r.power, lo, h, slots + (lo / 4) * pairs);
+            if (r == 4) cols_wht16(v, lo, h, slots + (lo / 4) * pairs, warp, pairs, nwarps);
             else cols_wht_scalar(v, s.r.power, lo, r, exp2f(-0.5f * r));
             __syncthreads();
         }
