@@ -4,16 +4,22 @@
 // At many rows the per-row transforms dominate the layer (two transforms of every activation row,
 // about the GEMM's time again at 12608 rows), while transforming the weight costs K_out + n
 // rows once per call, whatever the row count; after it the layer is one fp16 GEMM with the dense
-// layer's shape. The weight lives in the workspace only: nothing dense is stored, and the
-// transforms are the epilogue kernels of frame_linear.cu run on weight rows:
+// layer's shape. The weight lives in the workspace only: nothing dense is stored.
+//
+//   F = D_hat P_in^T              (K_out x n)     row i: P_in D_hat_i (the input side's synthesis)
+//   W^T = (P_out F)^T             (n x m)         column j of F -> row j of W^T (the output side's)
+//
+// Where a side allows it (no odd factor in its rotation, widths a multiple of 32, its slabs in
+// shared memory) each is one launch of the side-columns kernel: the first decodes 8 rows of D_hat
+// from the codes at a time, the second reads 8 columns of F at a time and writes 8 rows of W^T.
+// Otherwise (and with WeightBuild::kRows) by rows:
 //
 //   A = D_hat                     (K_out x K_in)  decoded from the codes (rows 64-aligned)
-//   F = A P_in^T                  (K_out x n)     row i: P_in A_i  (the input side's synthesis)
+//   F = A P_in^T                  (K_out x n)     row i: P_in A_i
 //   G = F^T                       (n x K_out)     tiled transpose
-//   W^T = G P_out^T               (n x m)         row j: P_out G_j (the output side's synthesis)
+//   W^T = G P_out^T               (n x m)         row j: P_out G_j
 //
-// The two passes over rows take the side-rows kernel below where a side allows it (a rotation
-// without odd factor, 16-byte aligned rows), else the layer's epilogue kernel.
+// with the side-rows kernel on a side without odd factor, else the layer's epilogue kernel.
 #include <algorithm>
 
 #include "common.cuh"
@@ -138,6 +144,14 @@ __device__ __forceinline__ void st_half2(__half* p, float lo, float hi) {
 // (H_16 / 4)[row][col], [row][col + 1] as a half2 (+-1/4; H symmetric, entry (-1)^popc(row & col)).
 __device__ __forceinline__ uint32_t h16_pair(int row, int col) {
     return pack_half2((__popc(row & col) & 1) ? -0.25f : 0.25f, (__popc(row & (col + 1)) & 1) ? -0.25f : 0.25f);
+}
+
+// H_16 / 4 as mma fragments: rows g, g + 8 by columns 2q, 2q + 8 (as A; H being symmetric, the
+// same registers serve as B).
+__device__ __forceinline__ void h16_fragments(uint32_t (&h)[4]) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    h[0] = h16_pair(g, 2 * q), h[1] = h16_pair(g + 8, 2 * q);
+    h[2] = h16_pair(g, 2 * q + 8), h[3] = h16_pair(g + 8, 2 * q + 8);
 }
 
 // A radix-16 pass over the 16 points 2^lo apart (lo = 0: v (as 16 x 16 tiles) times H / 4; lo >= 4:
@@ -342,11 +356,7 @@ __global__ void __launch_bounds__(kSideMaxWarps * 32)
     if (s.has_frame) load_dft(s.f.dft_t, dft, s.f.kp);  // ends with a barrier (the sign bits too)
     else __syncthreads();
     uint32_t h[4];
-    {
-        const int g = lane >> 2, q = lane & 3;
-        h[0] = h16_pair(g, 2 * q), h[1] = h16_pair(g + 8, 2 * q);
-        h[2] = h16_pair(g, 2 * q + 8), h[3] = h16_pair(g + 8, 2 * q + 8);
-    }
+    h16_fragments(h);
     const int log2n = s.has_rotation ? __ffs(s.r.power) - 1 : 0;
     for (; row < rows; row += stride) {
         cp_async_wait_all();
@@ -546,14 +556,14 @@ __device__ inline void cols_gather(const SideRows& s, const __half* z, __half* v
     }
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // stmatrix: sm_90 on
 __device__ __forceinline__ void stmatrix_x4(__half* p, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
     asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(a), "r"(r0), "r"(r1), "r"(r2),
                  "r"(r3)
                  : "memory");
-#endif
 }
+#endif
 
 // A radix-16 Walsh-Hadamard pass over the points 2^lo apart of v (power points by 8 columns):
 // out = (H_16 / 4) in for each group of 16 points, two groups per ldmatrix.x4.trans (lanes 0-15
@@ -717,11 +727,7 @@ __global__ void __launch_bounds__(kColThreads, 1)
     if (s.has_frame) load_dft(s.f.dft_t, dft, s.f.kp);  // ends with a barrier
     else __syncthreads();
     uint32_t h[4];
-    {
-        const int g = lane >> 2, q = lane & 3;
-        h[0] = h16_pair(g, 2 * q), h[1] = h16_pair(g + 8, 2 * q);
-        h[2] = h16_pair(g, 2 * q + 8), h[3] = h16_pair(g + 8, 2 * q + 8);
-    }
+    h16_fragments(h);
     const int log2n = s.has_rotation ? __ffs(s.r.power) - 1 : 0;
     // Output: piece m of a lane's ldmatrix.x4.trans has the rows base + 8 (i / 2) + 2 m + i % 2
     // (lane 8 m + i), so lane 4 c + q receives points base + 8 q .. + 7 of column c.
