@@ -23,6 +23,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "slab_layout.cuh"
 
 namespace fq {
 namespace {
@@ -427,17 +428,7 @@ cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __
 constexpr int kColThreads = 512;
 constexpr int kSlab = 8;  // columns of a slab: one 16-byte piece per row
 
-// v's rows (16 bytes) are stored permuted: point p at slot p ^ S(p), S linear in p's bits 3-6 and
-// 8-18 and < 8. Its images of bits 3, 4, 5, 6 are 3, 4, 1, 2, and bits 8-10 (12-14, 16-18) map to
-// 1, 2, 4: the 8 rows that one 8 x 8 ldmatrix piece or one store instruction touches then hit 8
-// distinct 16-byte bank groups in every Walsh-Hadamard pass (rows 2^lo apart), in the gather's
-// stores (rows 2j) and in the output's loads (rows 8i + 2m, 8i + 2m + 1). Checked on the host for
-// every access pattern up to 65536 points.
-__device__ __forceinline__ int cslot(int p) {
-    const int n = (p >> 3) & 15;
-    const int s = ((n & 1) * 3) ^ ((n & 2) << 1) ^ ((n >> 2) & 1) ^ ((n >> 2) & 2);
-    return p ^ s ^ (((p >> 8) ^ (p >> 12) ^ (p >> 16)) & 7);
-}
+// v's rows are stored permuted (cslot, slab_layout.cuh), for conflict-free shared-memory accesses.
 
 // Rows of a slab buffer z: K, padded so that the DFT's last k-steps (up to 31 rows past a block's
 // start beyond its 2k) read zeros, not past the buffer.
