@@ -118,9 +118,8 @@ __host__ __device__ constexpr int round_up(int x, int m) { return (x + m - 1) / 
 __host__ __device__ inline int side_z_halves(const SideRows& s) { return round_up(s.k_len, 64); }
 __host__ __device__ inline int side_v_halves(const SideRows& s) { return round_up(s.d, 64); }
 __host__ __device__ inline int side_dft_bytes(const SideRows& s) { return s.has_frame ? 4 * dft_floats(s.f.kp) : 0; }
-__host__ __device__ inline int side_table_bytes(const SideRows& s) {
-    return side_dft_bytes(s) + (s.has_rotation ? 16 * ((s.d + 127) / 128) : 0);
-}
+__host__ __device__ inline int side_sign_bytes(const SideRows& s) { return s.has_rotation ? 16 * ((s.d + 127) / 128) : 0; }
+__host__ __device__ inline int side_table_bytes(const SideRows& s) { return side_dft_bytes(s) + side_sign_bytes(s); }
 
 // v's values live in shared memory with their 16-byte chunks permuted inside each group of 8:
 // chunk c is stored at c ^ (bit 3 of c) ^ (bits 5-7 of c). The 8 rows of each 8 x 8 ldmatrix
@@ -388,11 +387,17 @@ __global__ void __launch_bounds__(kSideMaxWarps * 32)
 // aligned, ldz >= the row rounded up to 8), y rows ldy apart (16-byte aligned), d a multiple of 8,
 // no odd factor, DFT widths of at most 128, one warp's buffers in shared memory. Returns
 // cudaErrorNotSupported (nothing launched) otherwise.
+// What the side-rows and side-columns kernels take of a side: a rotation without odd factor over the
+// whole side, DFT widths of at most 128.
+bool side_on_tensor_cores(const SideRows& s) {
+    return !((s.has_rotation && (s.r.odd != 1 || s.r.power != s.d)) || (s.has_frame && (s.f.kp > 128 || s.f.d() != s.d)));
+}
+bool misaligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; }
+
 cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __half* y, int64_t ldy, int64_t rows,
                              cudaStream_t stream) {
-    const auto misaligned = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; };
-    if ((s.has_rotation && (s.r.odd != 1 || s.r.power != s.d)) || (s.has_frame && (s.f.kp > 128 || s.f.d() != s.d)) ||
-        s.d % 8 || ldz % 8 || ldy % 8 || ldz < round_up(s.k_len, 8) || ldy < s.d || misaligned(z) || misaligned(y))
+    if (!side_on_tensor_cores(s) || s.d % 8 || ldz % 8 || ldy % 8 || ldz < round_up(s.k_len, 8) || ldy < s.d ||
+        misaligned16(z) || misaligned16(y))
         return cudaErrorNotSupported;
     if (rows <= 0) return cudaSuccess;
     const DeviceLimits dev = device_limits();
@@ -433,7 +438,6 @@ constexpr int kSlab = 8;  // columns of a slab: one 16-byte piece per row
 // Rows of a slab buffer z: K, padded so that the DFT's last k-steps (up to 31 rows past a block's
 // start beyond its 2k) read zeros, not past the buffer.
 __host__ __device__ inline int cols_z_rows(const SideRows& s) { return s.has_frame ? round_up(s.k_len, 32) + 32 : s.k_len; }
-__host__ __device__ inline int cols_sign_bytes(const SideRows& s) { return s.has_rotation ? 16 * ((s.d + 127) / 128) : 0; }
 // Radix-16 passes, and entries of the block's slot table: cslot of each pair's base point in
 // every radix-16 pass, then of each output step's base point (32 points apart).
 __host__ __device__ inline int cols_passes16(const SideRows& s) {
@@ -443,7 +447,7 @@ __host__ __device__ inline int cols_passes16(const SideRows& s) {
 }
 __host__ __device__ inline int cols_slot_entries(const SideRows& s) { return (cols_passes16(s) * s.r.power + s.d) / 32; }
 __host__ __device__ inline int cols_table_bytes(const SideRows& s) {
-    return side_dft_bytes(s) + cols_sign_bytes(s) + round_up(2 * cols_slot_entries(s), 16);
+    return side_table_bytes(s) + round_up(2 * cols_slot_entries(s), 16);
 }
 
 // In place over a slab z: each block's 2k rows <- DFT^T times them. Warps take whole blocks; a
@@ -671,7 +675,7 @@ __global__ void __launch_bounds__(kColThreads, 1)
     const int slabs = (cols + kSlab - 1) / kSlab;
     __half* dft = reinterpret_cast<__half*>(cols_smem);
     uint32_t* bits = reinterpret_cast<uint32_t*>(cols_smem + side_dft_bytes(s));
-    uint16_t* slots = reinterpret_cast<uint16_t*>(cols_smem + side_dft_bytes(s) + cols_sign_bytes(s));
+    uint16_t* slots = reinterpret_cast<uint16_t*>(cols_smem + side_table_bytes(s));
     const int zrows = cols_z_rows(s);
     // One slab buffer (decoding) or two, then v, then two stages of code words.
     __half* const z0 = reinterpret_cast<__half*>(cols_smem + cols_table_bytes(s));
@@ -796,12 +800,11 @@ __global__ void __launch_bounds__(kColThreads, 1)
     cp_async_wait_all();
 }
 
-// What both column launchers check of the side and y (cols x d, rows ldy apart): no odd factor,
-// d a multiple of 32, DFT widths of at most 128, y 16-byte aligned.
+// What both column launchers check of the side and y (cols x d, rows ldy apart): side_on_tensor_cores,
+// d a multiple of 32 up to 65536, y 16-byte aligned.
 bool side_cols_supported(const SideRows& s, const __half* y, int64_t ldy) {
-    return !((s.has_rotation && (s.r.odd != 1 || s.r.power != s.d)) || (s.has_frame && (s.f.kp > 128 || s.f.d() != s.d)) ||
-             (!s.has_frame && s.k_len != s.d) || s.d % 32 || s.d > 65536 || ldy % 8 || ldy < s.d ||
-             (reinterpret_cast<uintptr_t>(y) & 15) != 0);
+    return side_on_tensor_cores(s) && !((!s.has_frame && s.k_len != s.d) || s.d % 32 || s.d > 65536 || ldy % 8 ||
+                                        ldy < s.d || misaligned16(y));
 }
 
 template <int BITS>
@@ -824,8 +827,7 @@ cudaError_t launch_cols(const SideRows& s, const __half* x, int64_t ldx, const P
 // cudaErrorNotSupported (nothing launched) otherwise.
 cudaError_t launch_side_cols(const SideRows& s, const __half* x, int64_t ldx, int cols, __half* y, int64_t ldy,
                              cudaStream_t stream) {
-    if (!side_cols_supported(s, y, ldy) || cols % kSlab || ldx % 8 || ldx < cols ||
-        (reinterpret_cast<uintptr_t>(x) & 15) != 0)
+    if (!side_cols_supported(s, y, ldy) || cols % kSlab || ldx % 8 || ldx < cols || misaligned16(x))
         return cudaErrorNotSupported;
     return launch_cols<0>(s, x, ldx, PackedMatMulParams{}, cols, y, ldy, stream);
 }
