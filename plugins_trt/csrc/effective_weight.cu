@@ -433,6 +433,16 @@ cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __
 constexpr int kColThreads = 512;
 constexpr int kSlab = 8;  // columns of a slab: one 16-byte piece per row
 
+// Where a side-columns kernel reads its slabs and writes its output rows, in halves: slab i's row
+// r at x + i x_slab + r x_row, output row k's points 8 g .. 8 g + 7 at y + k y_row + g y_group.
+// Row-major x (rows ldx apart): {8, ldx}; row-major y: {ldy, 8}. Between the two passes of the
+// build, F is blocked: each group of 8 of its columns is K rows of 16 bytes, {8 K, 8} as the
+// second pass's x and {8, 8 K} as the first pass's y, so that the second pass's slab is one
+// contiguous piece (coalesced copies) and the first pass stores 128 contiguous bytes per 8 lanes.
+struct SlabStrides {
+    int64_t x_slab, x_row, y_row, y_group;
+};
+
 // v's rows are stored permuted (cslot, slab_layout.cuh), for conflict-free shared-memory accesses.
 
 // Rows of a slab buffer z: K, padded so that the DFT's last k-steps (up to 31 rows past a block's
@@ -668,8 +678,8 @@ __device__ inline void cols_decode(const PackedMatMulParams& m, const uint32_t* 
 // writes only its rows), with the next slab's words staged by cp.async.
 template <int KS, int BITS>
 __global__ void __launch_bounds__(kColThreads, 1)
-    side_cols_kernel(SideRows s, const __half* __restrict__ x, int64_t ldx, PackedMatMulParams m, int cols, __half* y,
-                     int64_t ldy) {
+    side_cols_kernel(SideRows s, const __half* __restrict__ x, PackedMatMulParams m, int cols, __half* y,
+                     SlabStrides st) {
     extern __shared__ __align__(16) unsigned char cols_smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int slabs = (cols + kSlab - 1) / kSlab;
@@ -698,10 +708,10 @@ __global__ void __launch_bounds__(kColThreads, 1)
                     }
                 }
             } else {
-                const __half* src = x + static_cast<int64_t>(slab) * kSlab;
+                const __half* src = x + slab * st.x_slab;
                 __half* zb = zbuf(i);
                 const int r0 = part * s.k_len / kFetchParts, r1 = (part + 1) * s.k_len / kFetchParts;
-                for (int r = r0 + threadIdx.x; r < r1; r += blockDim.x) cp_async16(zb + r * kSlab, src + r * ldx);
+                for (int r = r0 + threadIdx.x; r < r1; r += blockDim.x) cp_async16(zb + r * kSlab, src + r * st.x_row);
             }
         }
         if (part == kFetchParts - 1) cp_async_commit();
@@ -730,7 +740,7 @@ __global__ void __launch_bounds__(kColThreads, 1)
     auto output = [&](int slab) {
         const int c = lane >> 2, q = lane & 3;
         const bool write = slab * kSlab + c < cols;
-        __half* out = y + (static_cast<int64_t>(slab) * kSlab + c) * ldy + 8 * q;
+        __half* out = y + (static_cast<int64_t>(slab) * kSlab + c) * st.y_row + q * st.y_group;
         constexpr int kOutSteps = 4;  // loads in flight per warp
         for (int t0 = warp; t0 < s.d / 32; t0 += kOutSteps * nwarps) {
             uint32_t r4[kOutSteps][4];
@@ -741,7 +751,7 @@ __global__ void __launch_bounds__(kColThreads, 1)
             for (int u = 0; u < kOutSteps; ++u) {
                 const int t = t0 + u * nwarps;
                 if (write && t < s.d / 32)
-                    *reinterpret_cast<uint4*>(out + 32 * t) = make_uint4(r4[u][0], r4[u][1], r4[u][2], r4[u][3]);
+                    *reinterpret_cast<uint4*>(out + 4 * t * st.y_group) = make_uint4(r4[u][0], r4[u][1], r4[u][2], r4[u][3]);
             }
         }
     };
@@ -800,47 +810,48 @@ __global__ void __launch_bounds__(kColThreads, 1)
     cp_async_wait_all();
 }
 
-// What both column launchers check of the side and y (cols x d, rows ldy apart): side_on_tensor_cores,
-// d a multiple of 32 up to 65536, y 16-byte aligned.
-bool side_cols_supported(const SideRows& s, const __half* y, int64_t ldy) {
-    return side_on_tensor_cores(s) && !((!s.has_frame && s.k_len != s.d) || s.d % 32 || s.d > 65536 || ldy % 8 ||
-                                        ldy < s.d || misaligned16(y));
+// Whether a side-columns kernel can run: side_on_tensor_cores, d a multiple of 32 up to 65536,
+// cols a multiple of 8 unless decoding (decode: D_hat's rows), strides multiples of 8 halves,
+// x and y 16-byte aligned, and its buffers fit in shared memory.
+bool side_cols_fit(const SideRows& s, const PackedMatMulParams* decode, int cols, const __half* x, const __half* y,
+                   const SlabStrides& st) {
+    if (!side_on_tensor_cores(s) || (!s.has_frame && s.k_len != s.d) || s.d % 32 || s.d > 65536) return false;
+    if (decode ? (decode->in_features != s.k_len || decode->out_features != cols) : (cols % kSlab || misaligned16(x)))
+        return false;
+    if ((st.x_slab | st.x_row | st.y_row | st.y_group) % 8 || misaligned16(y)) return false;
+    return cols_smem_bytes(s, decode) <= static_cast<size_t>(device_limits().smem_optin);
 }
 
 template <int BITS>
-cudaError_t launch_cols(const SideRows& s, const __half* x, int64_t ldx, const PackedMatMulParams& m, int cols,
-                        __half* y, int64_t ldy, cudaStream_t stream) {
+cudaError_t launch_cols(const SideRows& s, const __half* x, const PackedMatMulParams& m, int cols, __half* y,
+                        const SlabStrides& st, cudaStream_t stream) {
     if (cols <= 0) return cudaSuccess;
-    const DeviceLimits dev = device_limits();
     const size_t bytes = cols_smem_bytes(s, BITS ? &m : nullptr);
-    if (bytes > static_cast<size_t>(dev.smem_optin)) return cudaErrorNotSupported;
-    const int grid = std::min(dev.sms, (cols + kSlab - 1) / kSlab);
+    const int grid = std::min(device_limits().sms, (cols + kSlab - 1) / kSlab);
     auto kernel = (!s.has_frame || s.f.kp <= 64) ? side_cols_kernel<4, BITS> : side_cols_kernel<8, BITS>;
     cudaError_t err = allow_smem(kernel, bytes);
     if (err != cudaSuccess) return err;
-    kernel<<<grid, kColThreads, bytes, stream>>>(s, x, ldx, m, cols, y, ldy);
+    kernel<<<grid, kColThreads, bytes, stream>>>(s, x, m, cols, y, st);
     return cudaGetLastError();
 }
 
-// The side-columns kernel over x (K x cols, rows ldx halves apart, 16-byte aligned, cols a
-// multiple of 8) where side_cols_supported and its buffers fit in shared memory; returns
-// cudaErrorNotSupported (nothing launched) otherwise.
-cudaError_t launch_side_cols(const SideRows& s, const __half* x, int64_t ldx, int cols, __half* y, int64_t ldy,
+// The side-columns kernel over x (K x cols, as `st` lays it out) into y (cols x d) where
+// side_cols_fit; returns cudaErrorNotSupported (nothing launched) otherwise.
+cudaError_t launch_side_cols(const SideRows& s, const __half* x, int cols, __half* y, const SlabStrides& st,
                              cudaStream_t stream) {
-    if (!side_cols_supported(s, y, ldy) || cols % kSlab || ldx % 8 || ldx < cols || misaligned16(x))
-        return cudaErrorNotSupported;
-    return launch_cols<0>(s, x, ldx, PackedMatMulParams{}, cols, y, ldy, stream);
+    if (!side_cols_fit(s, nullptr, cols, x, y, st)) return cudaErrorNotSupported;
+    return launch_cols<0>(s, x, PackedMatMulParams{}, cols, y, st, stream);
 }
 
 // The side over D_hat's rows decoded from the codes (2, 4 or 8 bits), as the columns of D_hat^T:
 // y (out_features x d) = rows of D_hat transformed. cudaErrorNotSupported as launch_side_cols.
-cudaError_t launch_decode_side_cols(const SideRows& s, const PackedMatMulParams& m, __half* y, int64_t ldy,
+cudaError_t launch_decode_side_cols(const SideRows& s, const PackedMatMulParams& m, __half* y, const SlabStrides& st,
                                     cudaStream_t stream) {
-    if (!side_cols_supported(s, y, ldy) || m.in_features != s.k_len) return cudaErrorNotSupported;
+    if (!side_cols_fit(s, &m, m.out_features, nullptr, y, st)) return cudaErrorNotSupported;
     switch (m.bits) {
-        case 2: return launch_cols<2>(s, nullptr, 0, m, m.out_features, y, ldy, stream);
-        case 4: return launch_cols<4>(s, nullptr, 0, m, m.out_features, y, ldy, stream);
-        case 8: return launch_cols<8>(s, nullptr, 0, m, m.out_features, y, ldy, stream);
+        case 2: return launch_cols<2>(s, nullptr, m, m.out_features, y, st, stream);
+        case 4: return launch_cols<4>(s, nullptr, m, m.out_features, y, st, stream);
+        case 8: return launch_cols<8>(s, nullptr, m, m.out_features, y, st, stream);
         default: return cudaErrorNotSupported;
     }
 }
@@ -881,20 +892,33 @@ cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace,
     in_side.has_rotation_out = p.has_rotation_in, in_side.rotation_out = p.rotation_in;
     in_side.matmul.out_features = k_in;
     in_side.bias = nullptr;
-    // F: D_hat decoded and transformed slab by slab; else decoded whole, then transformed by rows.
+    FrameLinearParams out_side = p;
+    out_side.bias = nullptr;
+    const SlabStrides blocked{8 * static_cast<int64_t>(k_out), 8, 8, 8 * static_cast<int64_t>(k_out)};
+    const SlabStrides row_major{8, n, n, 8};
+    // F (k_out x n) is blocked where the second pass takes slabs, row-major for the transpose else.
     const bool slabs = build == WeightBuild::kAuto;
-    cudaError_t err = slabs ? launch_decode_side_cols(side_of(in_side), p.matmul, b, n, stream) : cudaErrorNotSupported;
+    const bool out_slabs = slabs && side_cols_fit(side_of(out_side), nullptr, n, b, a, blocked);
+    // F: D_hat decoded and transformed slab by slab; else decoded whole, then transformed by rows.
+    bool f_blocked = out_slabs;
+    cudaError_t err = slabs ? launch_decode_side_cols(side_of(in_side), p.matmul, b, f_blocked ? blocked : row_major,
+                                                      stream)
+                            : cudaErrorNotSupported;
     if (err == cudaErrorNotSupported) {
+        f_blocked = false;
         err = launch_dequantize_ld(p.matmul, a, ld, stream);
         if (err == cudaSuccess) err = transform_rows(in_side, a, ld, b, k_out, stream);
     }
-    FrameLinearParams out_side = p;
-    out_side.bias = nullptr;
     *w_t = a;
     if (err != cudaSuccess) return err;
     // The output side over F's columns, straight into W^T; else transpose F and run it over rows.
-    err = slabs ? launch_side_cols(side_of(out_side), b, n, n, a, p.out_dim(), stream) : cudaErrorNotSupported;
-    if (err != cudaErrorNotSupported) return err;
+    if (out_slabs) {
+        SlabStrides st = f_blocked ? blocked : row_major;
+        st.y_row = p.out_dim(), st.y_group = 8;  // W^T, row-major
+        err = launch_side_cols(side_of(out_side), b, n, a, st, stream);
+        if (err != cudaErrorNotSupported) return err;
+        if (f_blocked) return cudaErrorUnknown;  // side_cols_fit said yes: cannot happen
+    }
     *w_t = b;
     err = launch_transpose(b, a, k_out, n, ld_g, stream);
     if (err == cudaSuccess) err = transform_rows(out_side, a, ld_g, b, n, stream);
