@@ -4,7 +4,8 @@ A small C++ program includes the header itself (no copy of cslot) and checks, fo
 up to 65536 points, that cslot permutes each aligned group of 8 points, that it is linear (the kernel
 XORs precomputed slots of disjoint bit fields), and that every 8-row access of the kernel touches 8
 distinct 16-byte bank groups. The access patterns are written out again here from the kernel's
-lane-to-row formulas, as an independent statement of them. Needs a C++ compiler only (no GPU, no nvcc).
+lane-to-row formulas, as an independent statement of them; oslot (sides with an odd factor) must
+permute the points into planes. Needs a C++ compiler only (no GPU, no nvcc).
 """
 from __future__ import annotations
 
@@ -84,6 +85,19 @@ int main() {
                 expect(distinct(rows), "output loads", d, base, m);
             }
     }
+    // With an odd factor: oslot(p) = plane (p mod odd) at (p mod odd) * power, cslot(p / odd) inside
+    // it; a permutation of the d points whose planes hold every point of one residue.
+    for (int odd : {3, 5, 43})
+        for (int power = 32; power * odd <= 65536 * 3; power *= 2) {
+            const int d = power * odd;
+            std::vector<char> hit(d, 0);
+            for (int p = 0; p < d; ++p) {
+                const int s = fq::oslot(p, power, odd);
+                expect(s >= 0 && s < d && !hit[s], "oslot not a permutation", d, p, s);
+                expect(s / power == p % odd && s % power == cslot(p / odd), "oslot plane", d, p, s);
+                if (s >= 0 && s < d) hit[s] = 1;
+            }
+        }
     std::printf(failures ? "%d failures\n" : "ok\n", failures);
     return failures ? 1 : 0;
 }

@@ -427,6 +427,8 @@ cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __
 //   - per-block DFT: z_block (2k x 8) <- DFT^T z_block (A = the table, B = the slab, ldmatrix.trans);
 //   - the synthesis gather with the rotation's signs, into v (d x 8);
 //   - the Walsh-Hadamard passes: (H_16 / 4) times 16 points 2^lo apart by the 8 columns;
+//   - with an odd factor (768 = 3 x 256, 3072 = 3 x 1024), its DCT mix on CUDA cores, one thread
+//     per point of the power axis and pair of columns, in registers;
 //   - the output through ldmatrix.trans: each lane gets 8 consecutive points of one column.
 // The next slab is copied in (cp.async) while the block works on this one.
 
@@ -443,19 +445,29 @@ struct SlabStrides {
     int64_t x_slab, x_row, y_row, y_group;
 };
 
-// v's rows are stored permuted (cslot, slab_layout.cuh), for conflict-free shared-memory accesses.
+// v's rows are stored permuted (cslot, slab_layout.cuh), for conflict-free shared-memory accesses;
+// with an odd factor, as planes of the power axis (oslot).
+
+// Odd factors the kernel mixes: 3 (384, 768, 1536, 3072). With its DCT in registers, the mix of
+// 5 or more points made the kernel spill (128 registers a thread); other odd factors take the rows.
+constexpr int kColsMaxOdd = 3;
+__host__ __device__ inline int cols_odd(const SideRows& s) { return s.has_rotation ? s.r.odd : 1; }
 
 // Rows of a slab buffer z: K, padded so that the DFT's last k-steps (up to 31 rows past a block's
 // start beyond its 2k) read zeros, not past the buffer.
 __host__ __device__ inline int cols_z_rows(const SideRows& s) { return s.has_frame ? round_up(s.k_len, 32) + 32 : s.k_len; }
 // Radix-16 passes, and entries of the block's slot table: cslot of each pair's base point in
-// every radix-16 pass, then of each output step's base point (32 points apart).
+// every radix-16 pass (of one plane), then of each output step's base point (32 points apart), or
+// with an odd factor the slot of every point (oslot is not linear).
 __host__ __device__ inline int cols_passes16(const SideRows& s) {
     int log2n = 0;
     while (s.has_rotation && (2 << log2n) <= s.r.power) ++log2n;
     return log2n / 4;
 }
-__host__ __device__ inline int cols_slot_entries(const SideRows& s) { return (cols_passes16(s) * s.r.power + s.d) / 32; }
+__host__ __device__ inline int cols_point_slots(const SideRows& s) { return cols_odd(s) > 1 ? s.d : s.d / 32; }
+__host__ __device__ inline int cols_slot_entries(const SideRows& s) {
+    return cols_passes16(s) * s.r.power / 32 + cols_point_slots(s);
+}
 __host__ __device__ inline int cols_table_bytes(const SideRows& s) {
     return side_table_bytes(s) + round_up(2 * cols_slot_entries(s), 16);
 }
@@ -513,10 +525,11 @@ __device__ __forceinline__ uint4 pack8(const float (&x)[8], uint32_t sign) {
 
 // v's rows 2j, 2j + 1 (at their slots) for j0 <= j < j1 <- the synthesis gather of the DFT'd slab
 // z (rows 2 c, 2 c + 1 of the two taps), or z's rows 2j, 2j + 1 without a frame, with the
-// rotation's signs (bits; null: none). Thread t of nt takes every nt-th j and loads the table
-// entries of U coordinates before it reads the slab for any of them. No sync.
-__device__ inline void cols_gather(const SideRows& s, const __half* z, __half* v, const uint32_t* bits, int j0, int j1,
-                                   int t, int nt) {
+// rotation's signs (bits; null: none). Slots: cslot, or pslot[point] (an odd factor). Thread t of
+// nt takes every nt-th j and loads the table entries of U coordinates before it reads the slab for
+// any of them. No sync.
+__device__ inline void cols_gather(const SideRows& s, const __half* z, __half* v, const uint32_t* bits,
+                                   const uint16_t* pslot, int j0, int j1, int t, int nt) {
     const uint4* zr = reinterpret_cast<const uint4*>(z);
     uint4* vr = reinterpret_cast<uint4*>(v);
     auto sign = [&](int row) -> uint32_t { return bits && ((bits[row >> 5] >> (row & 31)) & 1u) ? 0x80008000u : 0u; };
@@ -525,7 +538,7 @@ __device__ inline void cols_gather(const SideRows& s, const __half* z, __half* v
             uint4 u = zr[row];
             const uint32_t m = sign(row);
             u.x ^= m, u.y ^= m, u.z ^= m, u.w ^= m;
-            vr[cslot(row)] = u;
+            vr[pslot ? pslot[row] : cslot(row)] = u;
         }
         return;
     }
@@ -547,7 +560,8 @@ __device__ inline void cols_gather(const SideRows& s, const __half* z, __half* v
         for (int u = 0; u < U; ++u) {
             const int j = base + u * nt;
             if (j >= j1) continue;
-            const int slot = cslot(2 * j);  // row 2j + 1 sits at slot ^ 1 (cslot is linear)
+            // Without pslot, row 2j + 1 sits at cslot(2j) ^ 1 (cslot is linear).
+            const int slot0 = pslot ? pslot[2 * j] : cslot(2 * j), slot1 = pslot ? pslot[2 * j + 1] : slot0 ^ 1;
 #pragma unroll
             for (int h = 0; h < 2; ++h) {  // h = 0: real parts (row 2j), 1: imaginary (row 2j + 1)
                 float a[8], b[8];
@@ -555,7 +569,7 @@ __device__ inline void cols_gather(const SideRows& s, const __half* z, __half* v
                 unpack8(zr[2 * c1[u] + h], b);
 #pragma unroll
                 for (int i = 0; i < 8; ++i) a[i] = w0[u] * a[i] + w1[u] * b[i];
-                vr[slot ^ h] = pack8(a, sign(2 * j + h));
+                vr[h ? slot1 : slot0] = pack8(a, sign(2 * j + h));
             }
         }
     }
@@ -576,10 +590,11 @@ __device__ __forceinline__ void stmatrix_x4(__half* p, uint32_t r0, uint32_t r1,
 // and base + (lo ? 1 : 16), base's bits disjoint from the lane's offset; cslot is linear, so a
 // lane's slot is cslot(base) XOR cslot(its offset), cslot(base) from the slot table `bases`.
 // The warp takes pairs first, first + step, ... below `pairs`, two per step, loads before products
-// before stores. The outputs go back with stmatrix.x4 to the rows the lane loaded (sm_90), else
-// with 32-bit stores. No sync.
+// before stores. With an odd factor the pairs run over the planes too: pair i is pair
+// i mod 2^plane_log2 of plane i >> plane_log2 (power points each). The outputs go back with
+// stmatrix.x4 to the rows the lane loaded (sm_90), else with 32-bit stores. No sync.
 __device__ inline void cols_wht16(__half* v, int lo, const uint32_t (&h)[4], const uint16_t* bases, int first,
-                                  int pairs, int step) {
+                                  int pairs, int step, int plane_log2 = 30, int power = 0) {
     const int lane = threadIdx.x & 31;
     const int second = lo ? 1 : 16;
     const int in = cslot(((lane >> 4) * second) | ((lane & 15) << lo));
@@ -595,7 +610,8 @@ __device__ inline void cols_wht16(__half* v, int lo, const uint32_t (&h)[4], con
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
             ok[u] = pair + u * step < pairs;
-            sb[u] = ok[u] ? bases[pair + u * step] : 0;
+            const int e = pair + u * step;
+            sb[u] = ok[u] ? bases[e & ((1 << plane_log2) - 1)] + (e >> plane_log2) * power : 0;
             if (ok[u]) ldmatrix_x4(f[u], v + kSlab * (sb[u] ^ in), true);
         }
 #pragma unroll
@@ -617,13 +633,13 @@ __device__ inline void cols_wht16(__half* v, int lo, const uint32_t (&h)[4], con
     }
 }
 
-// A pass over the 2^r points 2^lo apart (r < 4) on CUDA cores, times `scale`: one thread per
-// coset and pair of columns. No sync.
-__device__ inline void cols_wht_scalar(__half* v, int power, int lo, int r, float scale) {
+// A pass over the 2^r points 2^lo apart (r < 4) on CUDA cores, times `scale`, in each of `planes`
+// planes of power points: one thread per coset and pair of columns. No sync.
+__device__ inline void cols_wht_scalar(__half* v, int power, int planes, int lo, int r, float scale) {
     const int pts = 1 << r, cosets = power >> r;
-    __half2* vh = reinterpret_cast<__half2*>(v);  // a row is 4 pairs
-    for (int t = threadIdx.x; t < 4 * cosets; t += blockDim.x) {
-        const int c = t >> 2, pair = t & 3;
+    for (int t = threadIdx.x; t < 4 * cosets * planes; t += blockDim.x) {
+        const int c = (t >> 2) % cosets, pair = t & 3;
+        __half2* vh = reinterpret_cast<__half2*>(v + static_cast<int64_t>((t >> 2) / cosets) * power * kSlab);
         const int base = ((c >> lo) << (lo + r)) | (c & ((1 << lo) - 1));
         float a[16], b[16];
 #pragma unroll
@@ -639,6 +655,34 @@ __device__ inline void cols_wht_scalar(__half* v, int power, int lo, int r, floa
         for (int e = 0; e < 16; ++e)
             if (e < pts) vh[4 * cslot(base + (e << lo)) + pair] = __floats2half2_rn(a[e] * scale, b[e] * scale);
     }
+}
+
+// The odd factor's forward mix, Y[i, l] = sum_n X[i, n] C[l, n] (C the orthonormal DCT, row-major
+// in global memory) for every point i of the power axis, X[i, n] at oslot(i * ODD + n): one thread
+// per i and pair of columns, all ODD points in registers, in place. No sync.
+template <int ODD>
+__device__ inline void cols_odd_mix(__half* v, int power, const float* dct) {
+    float c[ODD * ODD];
+#pragma unroll
+    for (int e = 0; e < ODD * ODD; ++e) c[e] = __ldg(dct + e);
+    __half2* vh = reinterpret_cast<__half2*>(v);
+    for (int t = threadIdx.x; t < 4 * power; t += blockDim.x) {
+        const int at = 4 * cslot(t >> 2) + (t & 3);  // + 4 n power: plane n
+        float2 x[ODD];
+#pragma unroll
+        for (int n = 0; n < ODD; ++n) x[n] = __half22float2(vh[at + 4 * n * power]);
+#pragma unroll
+        for (int l = 0; l < ODD; ++l) {
+            float a = 0.f, b = 0.f;
+#pragma unroll
+            for (int n = 0; n < ODD; ++n) a = fmaf(c[l * ODD + n], x[n].x, a), b = fmaf(c[l * ODD + n], x[n].y, b);
+            vh[at + 4 * l * power] = __floats2half2_rn(a, b);
+        }
+    }
+}
+__device__ inline void cols_odd_mix(__half* v, const RotationParams& r) {
+    static_assert(kColsMaxOdd == 3, "cols_odd_mix instantiates 3");
+    if (r.odd == 3) cols_odd_mix<3>(v, r.power, r.dct);  // side_cols_fit refuses other odd factors
 }
 
 // Words of the packed codes a decoding block stages per slab: 8 rows of D_hat.
@@ -722,13 +766,21 @@ __global__ void __launch_bounds__(kColThreads, 1)
         reinterpret_cast<uint4*>(zbuf(1))[r] = make_uint4(0, 0, 0, 0);
     }
     if (s.has_rotation) stage_sign_bits(bits, s.r.signs, s.d);
-    const int passes16 = cols_passes16(s), pairs = s.has_rotation ? s.r.power / 32 : 0;
+    const int passes16 = cols_passes16(s), pairs = s.has_rotation ? s.r.power / 32 : 0;  // per plane
+    const int odd = cols_odd(s), planes_pairs = odd * pairs;
+    const int pair_log2 = pairs ? __ffs(pairs) - 1 : 0;
+    // odd == 1: cslot of every 32nd point (out_slots); else oslot of every point (pslot).
     uint16_t* const out_slots = slots + passes16 * pairs;
+    const uint16_t* const pslot = odd > 1 ? out_slots : nullptr;
     for (int e = threadIdx.x; e < passes16 * pairs; e += blockDim.x) {  // pair i of pass lo: groups 2i, 2i + 1
         const int lo = 4 * (e / pairs), gi = 2 * (e % pairs);
         slots[e] = static_cast<uint16_t>(cslot(((gi >> lo) << (lo + 4)) | (gi & ((1 << lo) - 1))));
     }
-    for (int e = threadIdx.x; e < s.d / 32; e += blockDim.x) out_slots[e] = static_cast<uint16_t>(cslot(32 * e));
+    if (odd > 1) {
+        for (int e = threadIdx.x; e < s.d; e += blockDim.x) out_slots[e] = static_cast<uint16_t>(oslot(e, s.r.power, odd));
+    } else {
+        for (int e = threadIdx.x; e < s.d / 32; e += blockDim.x) out_slots[e] = static_cast<uint16_t>(cslot(32 * e));
+    }
     if (s.has_frame) load_dft(s.f.dft_t, dft, s.f.kp);  // ends with a barrier
     else __syncthreads();
     uint32_t h[4];
@@ -736,7 +788,8 @@ __global__ void __launch_bounds__(kColThreads, 1)
     const int log2n = s.has_rotation ? __ffs(s.r.power) - 1 : 0;
     // Output: piece m of a lane's ldmatrix.x4.trans has the rows base + 8 (i / 2) + 2 m + i % 2
     // (lane 8 m + i), so lane 4 c + q receives points base + 8 q .. + 7 of column c.
-    const int in_out = cslot(8 * ((lane & 7) >> 1) + 2 * (lane >> 3) + (lane & 1));
+    const int out_point = 8 * ((lane & 7) >> 1) + 2 * (lane >> 3) + (lane & 1);
+    const int in_out = cslot(out_point);
     auto output = [&](int slab) {
         const int c = lane >> 2, q = lane & 3;
         const bool write = slab * kSlab + c < cols;
@@ -746,7 +799,10 @@ __global__ void __launch_bounds__(kColThreads, 1)
             uint32_t r4[kOutSteps][4];
 #pragma unroll
             for (int u = 0; u < kOutSteps; ++u)
-                if (t0 + u * nwarps < s.d / 32) ldmatrix_x4(r4[u], v + kSlab * (out_slots[t0 + u * nwarps] ^ in_out), true);
+                if (t0 + u * nwarps < s.d / 32) {
+                    const int t = t0 + u * nwarps;
+                    ldmatrix_x4(r4[u], v + kSlab * (pslot ? pslot[32 * t + out_point] : out_slots[t] ^ in_out), true);
+                }
 #pragma unroll
             for (int u = 0; u < kOutSteps; ++u) {
                 const int t = t0 + u * nwarps;
@@ -776,11 +832,11 @@ __global__ void __launch_bounds__(kColThreads, 1)
         fetch(slab + gridDim.x, it + 1, 1);
         const uint32_t* signs = s.has_rotation ? bits : nullptr;
         int lo = 0;
-        if (log2n >= 8) {
+        if (log2n >= 8 && odd == 1) {
             // The gather and the first two passes stay inside 256-point blocks of v: each warp
             // takes whole blocks through the three with no block barrier in between.
             for (int b = warp; b < s.r.power / 256; b += nwarps) {
-                cols_gather(s, z, v, signs, 128 * b, 128 * b + 128, lane, 32);
+                cols_gather(s, z, v, signs, nullptr, 128 * b, 128 * b + 128, lane, 32);
                 __syncwarp();
                 cols_wht16(v, 0, h, slots, 8 * b, 8 * b + 8, 1);
                 __syncwarp();
@@ -789,14 +845,18 @@ __global__ void __launch_bounds__(kColThreads, 1)
             }
             lo = 8;
         } else {
-            cols_gather(s, z, v, signs, 0, s.d / 2, threadIdx.x, blockDim.x);
+            cols_gather(s, z, v, signs, pslot, 0, s.d / 2, threadIdx.x, blockDim.x);
         }
         __syncthreads();
         fetch(slab + gridDim.x, it + 1, 2);
         for (; lo < log2n; lo += 4) {
             const int r = min(4, log2n - lo);
-            if (r == 4) cols_wht16(v, lo, h, slots + (lo / 4) * pairs, warp, pairs, nwarps);
-            else cols_wht_scalar(v, s.r.power, lo, r, exp2f(-0.5f * r));
+            if (r == 4) cols_wht16(v, lo, h, slots + (lo / 4) * pairs, warp, planes_pairs, nwarps, pair_log2, s.r.power);
+            else cols_wht_scalar(v, s.r.power, odd, lo, r, exp2f(-0.5f * r));
+            __syncthreads();
+        }
+        if (odd > 1) {
+            cols_odd_mix(v, s.r);
             __syncthreads();
         }
         if (deferred) {
@@ -810,12 +870,16 @@ __global__ void __launch_bounds__(kColThreads, 1)
     cp_async_wait_all();
 }
 
-// Whether a side-columns kernel can run: side_on_tensor_cores, d a multiple of 32 up to 65536,
+// Whether a side-columns kernel can run: a rotation over the whole side whose odd factor is 1 or
+// up to kColsMaxOdd, DFT widths of at most 128, d a multiple of 32 up to 65536,
 // cols a multiple of 8 unless decoding (decode: D_hat's rows), strides multiples of 8 halves,
 // x and y 16-byte aligned, and its buffers fit in shared memory.
 bool side_cols_fit(const SideRows& s, const PackedMatMulParams* decode, int cols, const __half* x, const __half* y,
                    const SlabStrides& st) {
-    if (!side_on_tensor_cores(s) || (!s.has_frame && s.k_len != s.d) || s.d % 32 || s.d > 65536) return false;
+    const bool rotation_ok = !s.has_rotation || (s.r.power * s.r.odd == s.d && s.r.dim == s.d &&
+                                                 (s.r.odd == 1 || (s.r.odd % 2 == 1 && s.r.odd <= kColsMaxOdd)));
+    const bool frame_ok = !s.has_frame || (s.f.kp <= 128 && s.f.d() == s.d);
+    if (!rotation_ok || !frame_ok || (!s.has_frame && s.k_len != s.d) || s.d % 32 || s.d > 65536) return false;
     if (decode ? (decode->in_features != s.k_len || decode->out_features != cols) : (cols % kSlab || misaligned16(x)))
         return false;
     if ((st.x_slab | st.x_row | st.y_row | st.y_group) % 8 || misaligned16(y)) return false;

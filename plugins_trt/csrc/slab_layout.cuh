@@ -8,7 +8,8 @@
 // (slot mod 8) in each of the kernel's patterns: the radix-16 Walsh-Hadamard passes (rows 2^lo
 // apart, lo = 0, 4, 8, 12), the gather's stores (rows 2j and 2j + 1 of 8 consecutive j) and the
 // output's transposing loads (rows base + 8 (i / 2) + 2 m + i % 2). tests/test_slab_layout.py
-// checks all of this on the host for every pattern up to 65536 points.
+// checks all of this on the host for every pattern up to 65536 points, and that oslot (below)
+// permutes the points of a side with an odd factor.
 #pragma once
 
 #if defined(__CUDACC__)
@@ -23,6 +24,15 @@ FQ_SLAB_HD int cslot(int p) {
     const int n = (p >> 3) & 15;
     const int s = ((n & 1) * 3) ^ ((n & 2) << 1) ^ ((n >> 2) & 1) ^ ((n >> 2) & 2);
     return p ^ s ^ (((p >> 8) ^ (p >> 12) ^ (p >> 16)) & 7);
+}
+
+// With a rotation's odd factor (d = power * odd, point p = i * odd + j as fq_export.rotations reads
+// it), v is odd planes of power points: point p at slot j * power + cslot(i), so that the
+// Walsh-Hadamard passes run over each plane as above and the odd factor's mix takes one point of
+// every plane. power a multiple of 8 (a plane is whole groups of 8 slots).
+FQ_SLAB_HD int oslot(int p, int power, int odd) {
+    const int i = p / odd;
+    return (p - i * odd) * power + cslot(i);
 }
 
 }  // namespace fq
