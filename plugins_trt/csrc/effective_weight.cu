@@ -633,27 +633,47 @@ __device__ inline void cols_wht16(__half* v, int lo, const uint32_t (&h)[4], con
     }
 }
 
-// A pass over the 2^r points 2^lo apart (r < 4) on CUDA cores, times `scale`, in each of `planes`
-// planes of power points: one thread per coset and pair of columns. No sync.
-__device__ inline void cols_wht_scalar(__half* v, int power, int planes, int lo, int r, float scale) {
-    const int pts = 1 << r, cosets = power >> r;
-    for (int t = threadIdx.x; t < 4 * cosets * planes; t += blockDim.x) {
-        const int c = (t >> 2) % cosets, pair = t & 3;
-        __half2* vh = reinterpret_cast<__half2*>(v + static_cast<int64_t>((t >> 2) / cosets) * power * kSlab);
-        const int base = ((c >> lo) << (lo + r)) | (c & ((1 << lo) - 1));
-        float a[16], b[16];
+// A pass over the 2^R points 2^lo apart (R < 4) on CUDA cores, times `scale`, in each of `planes`
+// planes of power points: one thread per coset and pair of columns, the points' slots as
+// cslot(coset base) XOR cslot(e 2^lo) (linear, disjoint bits), fp32 butterflies. No sync.
+template <int R>
+__device__ inline void cols_wht_scalar(__half* v, int power, int planes, int lo, float scale) {
+    constexpr int kPts = 1 << R;
+    const int cosets = power >> R, coset_log2 = __ffs(cosets) - 1;
+    int off[kPts];
 #pragma unroll
-        for (int e = 0; e < 16; ++e) {
-            if (e < pts) {
-                const float2 f = __half22float2(vh[4 * cslot(base + (e << lo)) + pair]);
-                a[e] = f.x, b[e] = f.y;
+    for (int e = 0; e < kPts; ++e) off[e] = cslot(e << lo);
+    for (int t = threadIdx.x; t < 4 * cosets * planes; t += blockDim.x) {
+        const int c = (t >> 2) & (cosets - 1), plane = t >> (2 + coset_log2);
+        const int base = ((c >> lo) << (lo + R)) | (c & ((1 << lo) - 1));
+        const int at = cslot(base) + plane * power;  // plane * power: bits above the plane's
+        __half2* vh = reinterpret_cast<__half2*>(v) + (t & 3);  // a row is 4 pairs
+        float a[kPts], b[kPts];
+#pragma unroll
+        for (int e = 0; e < kPts; ++e) {
+            const float2 f = __half22float2(vh[4 * (at ^ off[e])]);
+            a[e] = f.x, b[e] = f.y;
+        }
+#pragma unroll
+        for (int h = 1; h < kPts; h <<= 1) {
+#pragma unroll
+            for (int e = 0; e < kPts; ++e) {
+                if (!(e & h)) {
+                    const float a0 = a[e], a1 = a[e + h], b0 = b[e], b1 = b[e + h];
+                    a[e] = a0 + a1, a[e + h] = a0 - a1, b[e] = b0 + b1, b[e + h] = b0 - b1;
+                }
             }
         }
-        fwht_registers(a, pts);
-        fwht_registers(b, pts);
 #pragma unroll
-        for (int e = 0; e < 16; ++e)
-            if (e < pts) vh[4 * cslot(base + (e << lo)) + pair] = __floats2half2_rn(a[e] * scale, b[e] * scale);
+        for (int e = 0; e < kPts; ++e) vh[4 * (at ^ off[e])] = __floats2half2_rn(a[e] * scale, b[e] * scale);
+    }
+}
+__device__ inline void cols_wht_scalar(__half* v, int power, int planes, int lo, int r) {
+    switch (r) {
+        case 1: cols_wht_scalar<1>(v, power, planes, lo, 0.70710678f); break;
+        case 2: cols_wht_scalar<2>(v, power, planes, lo, 0.5f); break;
+        case 3: cols_wht_scalar<3>(v, power, planes, lo, 0.35355339f); break;
+        default: break;
     }
 }
 
@@ -685,28 +705,25 @@ __device__ inline void cols_odd_mix(__half* v, const RotationParams& r) {
     if (r.odd == 3) cols_odd_mix<3>(v, r.power, r.dct);  // side_cols_fit refuses other odd factors
 }
 
-// Words of the packed codes a decoding block stages per slab: 8 rows of D_hat.
-__host__ __device__ inline int cols_stage_words(const PackedMatMulParams& m) { return kSlab * m.words_per_row; }
+// Words a decoding block stages per slab: the packed codes of 8 rows of D_hat, then their 8 scales
+// and 8 zeros (fp16).
+__host__ __device__ inline int cols_stage_words(const PackedMatMulParams& m) { return kSlab * m.words_per_row + kSlab; }
 inline size_t cols_smem_bytes(const SideRows& s, const PackedMatMulParams* decode) {
     const size_t slab = 16 * static_cast<size_t>(cols_z_rows(s));
     return cols_table_bytes(s) + (decode ? slab + 8 * static_cast<size_t>(cols_stage_words(*decode)) : 2 * slab) +
            16 * static_cast<size_t>(s.d);
 }
 
-// z rows l < K <- the slab's 8 rows of D_hat (rows slab * 8 + c < m.out_features, else zeros),
-// decoded from its staged words (stage[c * words_per_row + w]): one thread per row l, so that the
-// 16-byte stores of consecutive threads are consecutive. No sync.
+// z rows l < K <- the slab's 8 rows of D_hat (rows past m.out_features staged as zeros), decoded
+// from its staged words (stage[c * words_per_row + w], scales and zeros after them): one thread
+// per row l, so that the 16-byte stores of consecutive threads are consecutive. No sync.
 template <int BITS>
-__device__ inline void cols_decode(const PackedMatMulParams& m, const uint32_t* stage, int slab, __half* z, int k_len) {
+__device__ inline void cols_decode(const PackedMatMulParams& m, const uint32_t* stage, __half* z, int k_len) {
     constexpr int kCodes = 32 / BITS;
+    const __half* sz = reinterpret_cast<const __half*>(stage + kSlab * m.words_per_row);
     float sc[kSlab], zr[kSlab];
 #pragma unroll
-    for (int c = 0; c < kSlab; ++c) {
-        const int row = slab * kSlab + c;
-        const bool ok = row < m.out_features;
-        sc[c] = ok ? __half2float(m.scale[row]) : 0.f;
-        zr[c] = ok ? __half2float(m.zero[row]) : 0.f;
-    }
+    for (int c = 0; c < kSlab; ++c) sc[c] = __half2float(sz[c]), zr[c] = __half2float(sz[kSlab + c]);
     for (int l = threadIdx.x; l < k_len; l += blockDim.x) {
         const int w = l / kCodes, shift = BITS * (l % kCodes);
         float v[kSlab];
@@ -749,6 +766,16 @@ __global__ void __launch_bounds__(kColThreads, 1)
                     for (int w = threadIdx.x; w < m.words_per_row; w += blockDim.x) {
                         if (row < m.out_features) cp_async4(st + c * m.words_per_row + w, m.codes + static_cast<int64_t>(row) * m.words_per_row + w);
                         else st[c * m.words_per_row + w] = 0u;
+                    }
+                }
+                if (threadIdx.x < 2) {  // the 8 scales (thread 0) and zeros (thread 1)
+                    const __half* src = (threadIdx.x ? m.zero : m.scale) + slab * kSlab;
+                    __half* dst = reinterpret_cast<__half*>(st + kSlab * m.words_per_row) + kSlab * threadIdx.x;
+                    if (slab * kSlab + kSlab <= m.out_features && !(reinterpret_cast<uintptr_t>(src) & 15)) {
+                        cp_async16(dst, src);
+                    } else {
+                        for (int c = 0; c < kSlab; ++c)
+                            dst[c] = slab * kSlab + c < m.out_features ? src[c] : __float2half(0.f);
                     }
                 }
             } else {
@@ -821,7 +848,7 @@ __global__ void __launch_bounds__(kColThreads, 1)
         cp_async_wait<1>();
         __syncthreads();
         if constexpr (BITS != 0) {
-            cols_decode<BITS>(m, stage0 + (it & 1) * stage_words, slab, z, s.k_len);
+            cols_decode<BITS>(m, stage0 + (it & 1) * stage_words, z, s.k_len);
             __syncthreads();
         }
         if (s.has_frame) {
@@ -852,7 +879,7 @@ __global__ void __launch_bounds__(kColThreads, 1)
         for (; lo < log2n; lo += 4) {
             const int r = min(4, log2n - lo);
             if (r == 4) cols_wht16(v, lo, h, slots + (lo / 4) * pairs, warp, planes_pairs, nwarps, pair_log2, s.r.power);
-            else cols_wht_scalar(v, s.r.power, odd, lo, r, exp2f(-0.5f * r));
+            else cols_wht_scalar(v, s.r.power, odd, lo, r);
             __syncthreads();
         }
         if (odd > 1) {
