@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The H100 proof of plugins_trt (run from the repo root on the GPU machine; $OUT collects results):
+# The GPU proof of plugins_trt (H100, H200) (run from the repo root on the GPU machine; $OUT collects results):
 # kernel tests against fq_export's PyTorch reference (random and real MiniLM layers), whole-model
 # MiniLM and ViT-B/16 forward passes through the kernels, benchmarks/kernels.py, the FQFrameLinear plugin
 # glue check (where FQ_TRT_INCLUDE points at TensorRT's headers) and the split-kernel trace.
