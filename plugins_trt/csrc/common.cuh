@@ -294,6 +294,22 @@ struct SignFold {
 
 // ---- block-level rotation on a fp32 vector in shared memory (padded with sp) ---------------
 
+// Walsh-Hadamard butterflies on all N points of v (N a power of two known at compile time).
+template <int N>
+__device__ __forceinline__ void fwht_registers(float (&v)[N]) {
+#pragma unroll
+    for (int h = 1; h < N; h <<= 1) {
+#pragma unroll
+        for (int e = 0; e < N; ++e) {
+            if (!(e & h)) {
+                const float a = v[e], b = v[e + h];
+                v[e] = a + b;
+                v[e + h] = a - b;
+            }
+        }
+    }
+}
+
 // Radix-16 Walsh-Hadamard butterflies on v[0..pts) (pts a power of two up to 16), in registers.
 __device__ __forceinline__ void fwht_registers(float (&v)[16], int pts) {
 #pragma unroll

@@ -389,8 +389,10 @@ __global__ void __launch_bounds__(kSideMaxWarps * 32)
 // cudaErrorNotSupported (nothing launched) otherwise.
 // What the side-rows and side-columns kernels take of a side: a rotation without odd factor over the
 // whole side, DFT widths of at most 128.
-bool side_on_tensor_cores(const SideRows& s) {
-    return !((s.has_rotation && (s.r.odd != 1 || s.r.power != s.d)) || (s.has_frame && (s.f.kp > 128 || s.f.d() != s.d)));
+// max_odd: the largest odd factor the caller handles (the side-rows kernel none, 1).
+bool side_on_tensor_cores(const SideRows& s, int max_odd = 1) {
+    return !((s.has_rotation && (s.r.odd > max_odd || s.r.power * s.r.odd != s.d)) ||
+             (s.has_frame && (s.f.kp > 128 || s.f.d() != s.d)));
 }
 bool misaligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; }
 
@@ -654,16 +656,8 @@ __device__ inline void cols_wht_scalar(__half* v, int power, int planes, int lo,
             const float2 f = __half22float2(vh[4 * (at ^ off[e])]);
             a[e] = f.x, b[e] = f.y;
         }
-#pragma unroll
-        for (int h = 1; h < kPts; h <<= 1) {
-#pragma unroll
-            for (int e = 0; e < kPts; ++e) {
-                if (!(e & h)) {
-                    const float a0 = a[e], a1 = a[e + h], b0 = b[e], b1 = b[e + h];
-                    a[e] = a0 + a1, a[e + h] = a0 - a1, b[e] = b0 + b1, b[e + h] = b0 - b1;
-                }
-            }
-        }
+        fwht_registers(a);
+        fwht_registers(b);
 #pragma unroll
         for (int e = 0; e < kPts; ++e) vh[4 * (at ^ off[e])] = __floats2half2_rn(a[e] * scale, b[e] * scale);
     }
@@ -903,10 +897,9 @@ __global__ void __launch_bounds__(kColThreads, 1)
 // x and y 16-byte aligned, and its buffers fit in shared memory.
 bool side_cols_fit(const SideRows& s, const PackedMatMulParams* decode, int cols, const __half* x, const __half* y,
                    const SlabStrides& st) {
-    const bool rotation_ok = !s.has_rotation || (s.r.power * s.r.odd == s.d && s.r.dim == s.d &&
-                                                 (s.r.odd == 1 || (s.r.odd % 2 == 1 && s.r.odd <= kColsMaxOdd)));
-    const bool frame_ok = !s.has_frame || (s.f.kp <= 128 && s.f.d() == s.d);
-    if (!rotation_ok || !frame_ok || (!s.has_frame && s.k_len != s.d) || s.d % 32 || s.d > 65536) return false;
+    if (!side_on_tensor_cores(s, kColsMaxOdd) || (s.has_rotation && (s.r.dim != s.d || s.r.odd % 2 == 0)) ||
+        (!s.has_frame && s.k_len != s.d) || s.d % 32 || s.d > 65536)
+        return false;
     if (decode ? (decode->in_features != s.k_len || decode->out_features != cols) : (cols % kSlab || misaligned16(x)))
         return false;
     if ((st.x_slab | st.x_row | st.y_row | st.y_group) % 8 || misaligned16(y)) return false;
@@ -989,10 +982,11 @@ cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace,
     const SlabStrides row_major{8, n, n, 8};
     // F (k_out x n) is blocked where the second pass takes slabs, row-major for the transpose else.
     const bool slabs = build == WeightBuild::kAuto;
-    const bool out_slabs = slabs && side_cols_fit(side_of(out_side), nullptr, n, b, a, blocked);
+    const SideRows in_s = side_of(in_side), out_s = side_of(out_side);
+    const bool out_slabs = slabs && side_cols_fit(out_s, nullptr, n, b, a, blocked);
     // F: D_hat decoded and transformed slab by slab; else decoded whole, then transformed by rows.
     bool f_blocked = out_slabs;
-    cudaError_t err = slabs ? launch_decode_side_cols(side_of(in_side), p.matmul, b, f_blocked ? blocked : row_major,
+    cudaError_t err = slabs ? launch_decode_side_cols(in_s, p.matmul, b, f_blocked ? blocked : row_major,
                                                       stream)
                             : cudaErrorNotSupported;
     if (err == cudaErrorNotSupported) {
@@ -1006,7 +1000,7 @@ cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace,
     if (out_slabs) {
         SlabStrides st = f_blocked ? blocked : row_major;
         st.y_row = p.out_dim(), st.y_group = 8;  // W^T, row-major
-        err = launch_side_cols(side_of(out_side), b, n, a, st, stream);
+        err = launch_side_cols(out_s, b, n, a, st, stream);
         if (err != cudaErrorNotSupported) return err;
         if (f_blocked) return cudaErrorUnknown;  // side_cols_fit said yes: cannot happen
     }
