@@ -1,10 +1,11 @@
 """Per-layer timings of the plugins_trt kernels against cuBLAS fp16 (run on a GPU).
 
 For each shape (in_features x out_features) and row count M, the layer's kernel paths:
-``fused`` (one launch, M <= 16: at M = 1 the spread decode kernel on layers wider than 4096, else
-the decode kernel; the cooperative kernel from 2 rows, whose time is also shown on its own as
-``coop``; at M <= 8 also the ``split`` (spread decode) and ``decode`` (one-block epilogue) kernels
-on their own), ``kernels`` (three launches: prologue, packed
+``fused`` (one launch, M <= 16: at M = 1 the gemv kernel where the layer takes it (no odd rotation
+factor), else the spread decode kernel on layers wider than 4096, else the decode kernel; the
+cooperative kernel from 2 rows, whose time is also shown on its own as ``coop``; at M <= 8 also the
+``split`` (spread decode) and ``decode`` (one-block epilogue) kernels on their own, at M = 1 the
+``gemv`` kernel), ``kernels`` (three launches: prologue, packed
 matmul, epilogue), ``gemm`` (prologue, D_hat decoded to fp16, cuBLAS, epilogue; M >= 197),
 ``dense`` (the effective weight P_out D_hat P_in^T built from the codes in a workspace, then one
 cuBLASLt GEMM with the bias in its epilogue; M >= 197), and cuBLAS fp16 on the dense weight (``torch.matmul``). At M = 1 also the bytes the fused layer must
@@ -125,7 +126,8 @@ def copies_for(nbytes: int, l2_bytes: int, cap: int = 256) -> int:
 
 def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy, l2_bytes):
     layer = harness.random_frame_layer(in_f, out_f, bits=bits, redundancy=redundancy, seed=in_f * 7 + out_f).cuda()
-    kls = {path: harness.KernelLinear(layer, path=path) for path in ("fused", "kernels", "gemm", "dense", "cooperative", "split", "decode")}
+    kls = {path: harness.KernelLinear(layer, path=path)
+           for path in ("fused", "kernels", "gemm", "dense", "cooperative", "split", "decode", "gemv")}
     weight = torch.randn(out_f, in_f, device="cuda", dtype=torch.float16) / in_f**0.5
     k_out, k_in = layer.frame_shape
     cold = None
@@ -139,7 +141,7 @@ def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy, l2_bytes):
             row["fused_us"], row["fused_timing"] = time_fn(kls["fused"], inputs)
             row["coop_us"], _ = time_fn(kls["cooperative"], inputs)
             if rows <= 8:
-                for name in ("split", "decode"):
+                for name in ("split", "decode") + (("gemv",) if rows == 1 else ()):
                     try:
                         row[f"{name}_us"], _ = time_fn(kls[name], inputs)
                     except RuntimeError as err:  # a layer the kernel does not take
@@ -157,7 +159,8 @@ def bench_shape(in_f, out_f, rows_list, bandwidth, bits, redundancy, l2_bytes):
         if rows >= 197:
             row["gemm_us"], row["gemm_timing"] = time_fn(kls["gemm"], inputs)
             row["dense_us"], row["dense_timing"] = time_fn(kls["dense"], inputs)
-        best = min([row.get(key, float("inf")) for key in ("fused_us", "coop_us", "split_us", "decode_us", "gemm_us", "dense_us")]
+        best = min([row.get(key, float("inf"))
+                    for key in ("fused_us", "coop_us", "split_us", "decode_us", "gemv_us", "gemm_us", "dense_us")]
                    + [row["kernels_us"]])
         row["best_us"] = best
         row["speedup_vs_cublas"] = row["cublas_fp16_us"] / best
@@ -179,7 +182,7 @@ def _format(r) -> str:
     roof = f"{r['fused_roofline_pct']:5.1f}%" if "fused_roofline_pct" in r else "     -"
     cold = f"x{r['cold_speedup_vs_cublas']:5.2f}" if "cold_speedup_vs_cublas" in r else "     -"
     return (f"{r['in_features']:>5}x{r['out_features']:<5} M={r['M']:<6} fused {f('fused_us')} split {f('split_us')}"
-            f" decode {f('decode_us')} coop {f('coop_us')}"
+            f" decode {f('decode_us')} gemv {f('gemv_us')} coop {f('coop_us')}"
             f" kernels {f('kernels_us')}"
             f" gemm {f('gemm_us')} dense {f('dense_us')} cuBLAS {f('cublas_fp16_us')} best x{r['speedup_vs_cublas']:5.2f} | cold: fused "
             f"{f('fused_cold_us')} cuBLAS {f('cublas_cold_us')} {cold} roofline {roof}")

@@ -148,7 +148,7 @@ def dequantize(packed_codes, scale, zero, bits: int, in_features: int, out_featu
 
 # ---- a whole FrameQuant layer -------------------------------------------------------------
 
-PATHS = {"fused": 1, "kernels": 2, "gemm": 3, "decode": 4, "cooperative": 5, "split": 6, "dense": 7}
+PATHS = {"fused": 1, "kernels": 2, "gemm": 3, "decode": 4, "cooperative": 5, "split": 6, "dense": 7, "gemv": 8}
 _PATH_NAMES = {number: name for name, number in PATHS.items()}
 
 
@@ -161,8 +161,8 @@ def dense_min_rows(in_features: int, out_features: int, k_out: int) -> int:
 def auto_path(rows: int, fp16: bool, in_features: int, out_features: int, k_out: int) -> str:
     """The path ``KernelLinear`` takes when none is asked for: ``fq::auto_layer_path`` of fq_kernels.h,
     the function the FQFrameLinear plugin calls too (H100 timings of benchmarks/kernels.py): the
-    single-launch layer for one token (the spread decode kernel for layers wider than 4096, else the
-    decode kernel), three launches from 2 rows and for fp32, for fp16 the gemm path from 64 rows and the
+    single-launch layer for one token (the gemv kernel where the layer has no odd rotation factor, else
+    the spread decode kernel for layers wider than 4096, else the decode kernel), three launches from 2 rows and for fp32, for fp16 the gemm path from 64 rows and the
     dense form from ``dense_min_rows``."""
     return _PATH_NAMES[load_extension().auto_path(rows, fp16, in_features, out_features, k_out)]
 
@@ -170,10 +170,12 @@ def auto_path(rows: int, fp16: bool, in_features: int, out_features: int, k_out:
 class KernelLinear(nn.Module):
     """A ``FrameQuantLinear`` run by the kernels.
 
-    ``path``: ``"fused"`` (one launch, at most ``fused_max_rows`` rows: for one row the ``"split"``
-    kernel (spread decode: every step spread over the SMs) on layers wider than 4096, else the
-    ``"decode"`` kernel where the layer fits it, else the ``"cooperative"`` kernel; all three can
-    also be asked for by name, split and decode up to ``decode_max_rows`` rows), ``"kernels"``
+    ``path``: ``"fused"`` (one launch, at most ``fused_max_rows`` rows: for one row the ``"gemv"``
+    kernel (codes split evenly over the SMs, the epilogue by the last block) where the layer takes it
+    (no odd rotation factor), else the ``"split"`` kernel (spread decode: every step spread over the
+    SMs) on layers wider than 4096, else the ``"decode"`` kernel where the layer fits it, else the
+    ``"cooperative"`` kernel; all four can also be asked for by name, gemv for one row, split and
+    decode up to ``decode_max_rows`` rows), ``"kernels"``
     (three launches: prologue, packed matmul, epilogue), ``"gemm"`` (prologue, D_hat decoded to
     fp16, cuBLAS, epilogue; fp16 only), ``"dense"`` (the effective weight ``P_out D_hat P_in^T``
     built in a workspace by transforming the weight's rows, then one cuBLASLt GEMM with the bias;

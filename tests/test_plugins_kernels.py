@@ -177,7 +177,14 @@ def layer_forward(layer, x, dtype):
 def layer_paths(rows, gemm=True, split=True):
     """Every layer path that takes ``rows`` rows (``split``: the layer has both rotations and frames)."""
     return (["kernels"] + (["gemm", "dense"] if gemm else []) + (["fused", "cooperative"] if rows <= 16 else [])
-            + (["decode"] if rows <= 8 else []) + (["split"] if rows <= 8 and split else []))
+            + (["decode"] if rows <= 8 else []) + (["split"] if rows <= 8 and split else [])
+            + (["gemv"] if rows == 1 else []))
+
+
+def odd_rotation(layer):
+    """The layer has a rotation whose dimension is not a power of two (the gemv kernel refuses it)."""
+    rotations = (layer.in_recipe.rotation, layer.out_recipe.rotation)
+    return any(r is not None and r.dim & (r.dim - 1) for r in rotations)
 
 
 @pytest.mark.parametrize("shape", [(4096, 4096), (4096, 11008), (11008, 4096), (768, 3072)])
@@ -194,8 +201,12 @@ def test_frame_linear_random_layers(h, shape, rows):
         except RuntimeError as err:
             # The decode kernel holds every token's frame coefficients in shared memory; only
             # layers where they cannot fit may refuse it (the fused path then takes the other kernel).
+            # The gemv kernel refuses rotations with an odd factor.
             k_in = layer.frame_shape[1]
-            assert path == "decode" and "not supported" in str(err) and rows * k_in * 2 > 100_000, str(err)
+            if path == "gemv":
+                assert odd_rotation(layer) and "not supported" in str(err), str(err)
+            else:
+                assert path == "decode" and "not supported" in str(err) and rows * k_in * 2 > 100_000, str(err)
             continue
         check_against(out, ref64, torch16, f"layer {shape} M={rows} path={path}")
     # Repeated single-launch layers share one counter (the decode kernel's arrivals, the
@@ -210,6 +221,60 @@ def test_frame_linear_random_layers(h, shape, rows):
             for kl, want in zip(paths, first):
                 assert torch.equal(kl(x.half()), want), kl.path
         assert int(shared.item()) & 0x7FFFFFFF == 0
+
+
+@pytest.mark.parametrize("shape,bits", [((4096, 4096), 2), ((4096, 4096), 4), ((4096, 4096), 8), ((1024, 2048), 2),
+                                        ((2048, 1024), 2), ((128, 512), 2), ((256, 256), 4), ((1024, 8192), 2),
+                                        ((8192, 1024), 2)])
+def test_gemv_path(h, shape, bits):
+    # One row: the codes split over the SMs by (tile, chunk) units, tiles shared by two blocks,
+    # the epilogue by the last block. (1024, 8192): its epilogue does not fit in shared memory, so
+    # the kernel refuses it and the fused path takes another kernel.
+    in_f, out_f = shape
+    layer = random_layer(in_f, out_f, bits=bits, seed=in_f + out_f + bits).to(DEV)
+    x = torch.randn(1, in_f, device=DEV)
+    ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
+    try:
+        got = h.frame_linear(x.half(), layer, path="gemv")
+    except RuntimeError as err:
+        assert shape == (1024, 8192) and "not supported" in str(err), str(err)
+    else:
+        check_against(got, ref64, torch16, f"gemv {shape} b={bits}")
+        # The fused path takes this kernel for one row: the same result, bit for bit.
+        assert torch.equal(h.frame_linear(x.half(), layer, path="fused"), got)
+        out32 = h.frame_linear(x, layer, path="gemv")
+        assert out32.dtype == torch.float32
+        check_against(out32, ref64, torch16, f"gemv fp32 {shape} b={bits}")
+    check_against(h.frame_linear(x.half(), layer, path="fused"), ref64, torch16, f"fused {shape} b={bits}")
+
+
+@pytest.mark.parametrize("rotate,frames,bias", [(True, False, True), (False, True, True), (False, False, False),
+                                                (True, True, False)])
+def test_gemv_path_partial_sides(h, rotate, frames, bias):
+    layer = random_layer(1024, 2048, rotate=rotate, frames=frames, bias=bias, seed=3).to(DEV)
+    x = torch.randn(1, 1024, device=DEV)
+    ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
+    check_against(h.frame_linear(x.half(), layer, path="gemv"), ref64, torch16, f"gemv {rotate} {frames} {bias}")
+
+
+def test_gemv_path_repeats_and_refuses(h):
+    # Repeated launches sharing one counter with the decode kernel give identical results and
+    # leave the counter's arrivals at zero; rows other than one and odd rotations are refused.
+    layer = random_layer(4096, 4096, seed=9).to(DEV)
+    x = torch.randn(1, 4096, device=DEV).half()
+    kls = [h.KernelLinear(layer, path=name) for name in ("gemv", "decode")]
+    shared = torch.zeros(1, dtype=torch.int32, device=DEV)
+    for kl in kls:
+        kl._barrier = shared
+    first = [kl(x) for kl in kls]
+    for _ in range(5):
+        for kl, want in zip(kls, first):
+            assert torch.equal(kl(x), want), kl.path
+    assert int(shared.item()) & 0x7FFFFFFF == 0
+    with pytest.raises(ValueError, match="one row, got 2"):
+        h.frame_linear(torch.randn(2, 4096, device=DEV).half(), layer, path="gemv")
+    with pytest.raises(RuntimeError, match="not supported"):
+        h.frame_linear(torch.randn(1, 768, device=DEV).half(), random_layer(768, 768).to(DEV), path="gemv")
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -380,6 +445,8 @@ def test_frame_linear_real_minilm_layers(h):
             x = torch.randn(rows, layer.in_features, device=DEV)
             ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
             for path in layer_paths(rows):
+                if path == "gemv" and odd_rotation(layer):  # MiniLM's widths have the odd factor 3
+                    continue
                 check_against(h.frame_linear(x.half(), layer, path=path), ref64, torch16, f"{name} M={rows} {path}")
 
 

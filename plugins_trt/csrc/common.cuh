@@ -574,13 +574,14 @@ __device__ inline void load_dft(const __half* table, __half* smem, int kp) {
 // Warp work items of the per-block DFTs: (group of 16 frame blocks, part of the kp / 8 output
 // column tiles). `spread`: layers with few blocks split the columns too, so that every warp has
 // work (shorter, at the price of each part gathering its A fragments again: the one-row kernels,
-// where a row's latency is the time; the many-row kernels, where instructions are, do not).
+// where a row's latency is the time; the many-row kernels, where instructions are, do not);
+// `max_parts` caps the split (each part gathers its A fragments again).
 struct DftItems {
     int parts, items, ntiles;
-    __device__ DftItems(int rho_c, int kp, int nwarps, bool spread) {
+    __device__ DftItems(int rho_c, int kp, int nwarps, bool spread, int max_parts = 1 << 30) {
         const int groups = (rho_c + 15) / 16;
         ntiles = kp / 8;
-        parts = spread ? max(1, min(ntiles, nwarps / groups)) : 1;
+        parts = spread ? max(1, min(min(ntiles, max_parts), nwarps / groups)) : 1;
         items = groups * parts;
     }
     __device__ int run0(int item) const { return (item / parts) * 16; }
@@ -597,10 +598,10 @@ constexpr int kMaxKSteps = 8;  // kp <= 128, i.e. k <= 64 (fq::kMaxFrameBlock)
 // kShared: the gather tables of p point to shared memory.
 template <typename OutT, bool kShared = false, int KS = kMaxKSteps>
 __device__ inline void block_frame_analysis(const FrameParams& p, const float* u, OutT* c, const __half* dft,
-                                            bool spread = true, SignFold fold = {}) {
+                                            bool spread = true, SignFold fold = {}, int max_parts = 1 << 30) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int g = lane >> 2, q = lane & 3, ksteps = p.kp / 16, two_k = 2 * p.k, pitch = dft_pitch(p.kp);
-    const DftItems work(p.rho_c, p.kp, nwarps, spread);
+    const DftItems work(p.rho_c, p.kp, nwarps, spread, max_parts);
     for (int item = warp; item < work.items; item += nwarps) {
         const int run0 = work.run0(item);
         // Bin (s, r) of this lane: frame coordinate j (-1: none) and its weight.
@@ -670,10 +671,11 @@ __device__ inline void block_frame_analysis(const FrameParams& p, const float* u
 // tables of p point to shared memory. Ends with a barrier.
 template <bool kShared = false, int KS = kMaxKSteps, typename ZLoad>
 __device__ inline void block_frame_synthesis(const FrameParams& p, ZLoad zload, float* runs, float* v,
-                                             const __half* dft_t, bool spread = true, SignFold fold = {}) {
+                                             const __half* dft_t, bool spread = true, SignFold fold = {},
+                                             int max_parts = 1 << 30) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int g = lane >> 2, q = lane & 3, ksteps = p.kp / 16, two_k = 2 * p.k, pitch = dft_pitch(p.kp);
-    const DftItems work(p.rho_c, p.kp, nwarps, spread);
+    const DftItems work(p.rho_c, p.kp, nwarps, spread, max_parts);
     for (int item = warp; item < work.items; item += nwarps) {
         const int run0 = work.run0(item);
         float z[KS][4][2];

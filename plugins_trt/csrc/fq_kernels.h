@@ -84,9 +84,10 @@ cudaError_t launch_packed_matmul(const PackedMatMulParams& p, const void* x, voi
 cudaError_t launch_dequantize(const PackedMatMulParams& p, __half* out, cudaStream_t stream);
 cudaError_t launch_dequantize_ld(const PackedMatMulParams& p, __half* out, int64_t ld, cudaStream_t stream);
 
-// The fused single-launch layer for rows <= kFusedMaxRows: the spread decode kernel (below) for
-// one row of wide layers, else the decode kernel up to kDecodeAutoRows rows where it fits, else one
-// cooperative launch in three phases separated by grid barriers (see frame_linear.cu).
+// The fused single-launch layer for rows <= kFusedMaxRows: for one row the gemv kernel (below)
+// where the layer takes it, else the spread decode kernel for wide layers, else the decode kernel
+// up to kDecodeAutoRows rows where it fits, else one cooperative launch in three phases separated
+// by grid barriers (see frame_linear.cu).
 // `workspace` holds frame_linear_workspace_bytes(p, rows) bytes; `barrier` is one uint32 that is
 // zero before the first use and is left valid for the next.
 constexpr int kFusedMaxRows = 16;
@@ -124,6 +125,17 @@ constexpr int kSplitMinDim = 4096;
 size_t frame_linear_split_workspace_bytes(const FrameLinearParams& p, int64_t rows);
 cudaError_t launch_frame_linear_split(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
                                       DType dtype, void* workspace, unsigned int* barrier, cudaStream_t stream);
+
+// The one-row layer for latency (frame_linear_gemv.cu): one launch of at most one block per SM,
+// every block running the prologue while its equal share of the codes streams in, the last block
+// to finish running the epilogue from tables, z and bias copied to shared memory at once.
+// launch_frame_linear_fused takes it first for one row. cudaErrorNotSupported for rotations with
+// an odd factor, frame blocks wider than 64 or layers whose share does not fit in shared memory.
+// `workspace` holds frame_linear_gemv_workspace_bytes(p) (frame_linear_workspace_bytes(p, 1) is
+// enough); `counter` as for the decode layer.
+size_t frame_linear_gemv_workspace_bytes(const FrameLinearParams& p);
+cudaError_t launch_frame_linear_gemv(const FrameLinearParams& p, const void* x, void* y, int64_t rows, DType dtype,
+                                     void* workspace, unsigned int* counter, cudaStream_t stream);
 
 // The layer in three launches (any row count): prologue c = T_in^T R_in^T x, packed matmul
 // z = D_hat c, epilogue y = R_out T_out z + bias. `workspace` as for the fused layer.
@@ -201,6 +213,7 @@ cudaError_t launch_half_from_float(const float* in, __half* out, int n, cudaStre
 // Profiling builds: the %globaltimer stamps (ns) of frame_linear.cu's kernels (FQ_STAMP slots).
 cudaError_t read_trace(unsigned long long* host, int n);
 cudaError_t read_trace_split(unsigned long long* host, int n);  // frame_linear_split.cu's
+cudaError_t read_trace_gemv(unsigned long long* host, int n);   // frame_linear_gemv.cu's
 #endif
 
 // Shared memory each kernel needs (bytes), for callers that check device limits.

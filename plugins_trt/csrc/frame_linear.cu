@@ -740,6 +740,11 @@ cudaError_t launch_frame_linear_fused(const FrameLinearParams& p, const void* x,
                                       void* workspace, unsigned int* barrier, cudaStream_t stream) {
     if (rows == 0) return cudaSuccess;
     if (rows > kFusedMaxRows) return cudaErrorInvalidValue;
+    if (rows == 1) {
+        const cudaError_t err = launch_frame_linear_gemv(p, x, y, rows, dtype, workspace, barrier, stream);
+        if (err != cudaErrorNotSupported) return err;
+        cudaGetLastError();  // not sticky; clear it
+    }
     if (rows <= kSplitAutoRows && std::max(p.in_dim(), p.out_dim()) > kSplitMinDim) {
         const cudaError_t err = launch_frame_linear_split(p, x, y, rows, dtype, workspace, barrier, stream);
         if (err != cudaErrorNotSupported) return err;

@@ -1,9 +1,9 @@
 """Where the time of the decode layer kernels goes, from %globaltimer stamps (a profiling build).
 
-Builds the extension with -DFQ_TRACE (FQ_TRACE=1), runs a decode layer kernel (path "decode", or
-"split" for the spread one) on random 2-bit layers and prints the median time of each stamp after
-the kernel's start (decode: block 0 for the prologue and matmul, the last block for the epilogue;
-split: block 0 throughout).
+Builds the extension with -DFQ_TRACE (FQ_TRACE=1), runs a decode layer kernel (path "decode",
+"split" for the spread one, "gemv" for the one-row kernel) on random 2-bit layers and prints the
+median time of each stamp after the kernel's start (decode and gemv: block 0 for the prologue and
+matmul, the last block for the epilogue; split: block 0 throughout).
 
     python plugins_trt/tools/trace_decode.py [--shapes 4096x4096,768x768] [--rows 1] [--path split]
 """
@@ -32,12 +32,18 @@ SPLIT_STAMPS = {0: "start (block 0)", 1: "x, gathers, DFT staged", 2: "band foun
                 8: "grid barrier 1", 9: "z summed", 10: "W written", 11: "grid barrier 2", 12: "fold of W",
                 13: "y stored"}
 
+GEMV_STAMPS = {0: "start (block 0)", 1: "tables and codes issued", 2: "x loaded, tables arrived",
+               3: "rotation R_in^T", 4: "frame analysis, codes arrived", 5: "GEMV done", 6: "z written",
+               32: "last block starts epilogue", 33: "z, tables, bias loaded", 34: "frame synthesis",
+               35: "rotation R_out", 36: "y stored"}
+STAMP_SETS = {"decode": STAMPS, "split": SPLIT_STAMPS, "gemv": GEMV_STAMPS}
+
 
 def trace(shape: tuple[int, int], rows: int, path: str = "decode", reps: int = 30) -> dict[int, float]:
     ext = harness.load_extension()
     layer = harness.random_frame_layer(*shape, seed=shape[0] + shape[1]).cuda()
     kl = harness.KernelLinear(layer, path=path)
-    stamps = SPLIT_STAMPS if path == "split" else STAMPS
+    stamps = STAMP_SETS[path]
     x = torch.randn(rows, shape[0], device="cuda", dtype=torch.float16)
     for _ in range(5):
         kl(x)
@@ -46,7 +52,7 @@ def trace(shape: tuple[int, int], rows: int, path: str = "decode", reps: int = 3
     for _ in range(reps):
         kl(x)
         torch.cuda.synchronize()
-        t = ext.read_trace(path == "split").tolist()
+        t = ext.read_trace(path).tolist()
         for k in stamps:
             samples[k].append((t[k] - t[0]) / 1000)
     return {k: statistics.median(v) for k, v in samples.items()}
@@ -56,13 +62,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="4096x4096,768x768,11008x4096")
     parser.add_argument("--rows", type=int, default=1)
-    parser.add_argument("--path", choices=("decode", "split"), default="decode")
+    parser.add_argument("--path", choices=tuple(STAMP_SETS), default="decode")
     args = parser.parse_args()
     for s in args.shapes.split(","):
         shape = tuple(int(v) for v in s.split("x"))
         med = trace(shape, args.rows, args.path)
         print(f"{s} M={args.rows} path={args.path} (microseconds after the kernel starts; medians)")
-        for k, name in (SPLIT_STAMPS if args.path == "split" else STAMPS).items():
+        for k, name in STAMP_SETS[args.path].items():
             print(f"  {name:32s} {med[k]:7.2f}")
     return 0
 

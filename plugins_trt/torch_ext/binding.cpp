@@ -150,7 +150,7 @@ fq::FrameLinearParams layer_params(const std::vector<torch::Tensor>& t, const st
 // 2 three launches (prologue, packed matmul, epilogue), 3 prologue + dequantize + cuBLAS +
 // epilogue (fp16 only), 4 the decode kernel (rows <= kDecodeRows), 5 the cooperative kernel, 6 the
 // spread decode kernel (rows <= kDecodeRows), 7 the dense form (effective weight + one cuBLASLt GEMM,
-// fp16 only).
+// fp16 only), 8 the one-row gemv kernel.
 torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, int64_t path,
                            torch::Tensor barrier) {
     require_cuda(x, "x");
@@ -170,6 +170,12 @@ torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, s
         check(fq::launch_frame_linear_fused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
                                             reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>()), stream),
               "frame_linear_fused");
+    } else if (path == 8) {
+        if (rows != 1) throw std::invalid_argument("the gemv layer path takes one row, got " + std::to_string(rows));
+        auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
+        check(fq::launch_frame_linear_gemv(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
+                                           reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>()), stream),
+              "frame_linear_gemv");
     } else if (path == 4 || path == 5 || path == 6) {
         const int64_t most = path == 5 ? fq::kFusedMaxRows : fq::kDecodeRows;
         if (rows > most)
@@ -241,17 +247,21 @@ std::vector<torch::Tensor> rotation_tables(int64_t dim, int64_t seed) {
 }  // namespace
 
 #ifdef FQ_TRACE
-torch::Tensor read_trace(bool split) {
+// kernel: "decode" (frame_linear.cu's stamps), "split" or "gemv".
+torch::Tensor read_trace(const std::string& kernel) {
     auto out = torch::zeros({64}, torch::TensorOptions().dtype(torch::kInt64));
     auto* host = reinterpret_cast<unsigned long long*>(out.data_ptr<int64_t>());
-    check(split ? fq::read_trace_split(host, 64) : fq::read_trace(host, 64), "read_trace");
+    check(kernel == "split" ? fq::read_trace_split(host, 64)
+          : kernel == "gemv" ? fq::read_trace_gemv(host, 64)
+                             : fq::read_trace(host, 64),
+          "read_trace");
     return out;
 }
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef FQ_TRACE
-    m.def("read_trace", &read_trace, pybind11::arg("split") = false);
+    m.def("read_trace", &read_trace, pybind11::arg("kernel") = "decode");
 #endif
     m.def("rotation", &rotation);
     m.def("frame", &frame);

@@ -1,0 +1,408 @@
+// The one-row layer in one launch, built for latency (M = 1, the decode step of an LLM).
+//
+// Every block of one wave (at most one per SM) runs the whole prologue c = T_in^T R_in^T x in
+// shared memory while its share of the codes streams in by cp.async; the codes are split evenly
+// over the blocks by (16-row tile, chunk) units, so a tile may be shared by two neighbouring blocks
+// (the block holding the tile's first chunk writes partial slot 0 of z, the other slot 1). The
+// last block to finish (an atomic counter) runs the epilogue z -> y with its tables, z and the bias
+// copied to shared memory in one round trip.
+//
+// Against the decode kernel (frame_linear.cu), which has the same shape (H200, ncu, 4096x4096:
+// 31 us, 94 blocks of three whole tiles each, tables read from global memory as needed): every SM
+// gets an equal share of the codes, the tables go to shared memory by cp.async with the codes,
+// 768 threads (1024 spilled) and fewer instructions per step (no bounds checks on the zero-padded
+// activations, one division-free warp per copied row). On the H200 the layer takes 21-22 us at
+// 4096x4096 against 30 for the decode kernel and 9.5 for cuBLAS fp16; its %globaltimer trace
+// (plugins_trt/tools/trace_decode.py --path gemv) shows where: issuing the copies 2.4-2.9 us (every
+// block reads ~40 KB of tables besides its ~38 KB of codes, so the start is bound by the L2), the
+// rotation 1.4, the analysis 2.4, the matmul 4 (instruction-bound: ~4 instructions per code), 2 us
+// between the first and the last block's arrival, and 6.5 us of one block's epilogue. A variant
+// with the codes moved by bulk copies (sm_90 cp.async.bulk on an mbarrier) and the epilogue's
+// tables copied during the matmul measured no faster (22.4 us) and was dropped. Rotations with an
+// odd factor (768, 11008, ...) take the other kernels (cudaErrorNotSupported here).
+#include <algorithm>
+#include <type_traits>
+
+#include "common.cuh"
+#include "packed_matmul.cuh"
+
+namespace fq {
+namespace {
+
+using namespace detail;
+
+constexpr int kGemvThreads = 768;
+constexpr int kGemvWarps = kGemvThreads / 32;
+constexpr int kGemvPieces = 2;  // tiles one warp's run of units may touch
+
+__host__ __device__ inline int up16(int bytes) { return (bytes + 15) & ~15; }
+
+// How the codes are split: units (16-row tile, chunk of kChunkWords words), tile-major; block b
+// takes units [b * per_block, (b + 1) * per_block).
+struct GemvSplit {
+    int ntiles = 0, nchunks = 0, per_block = 0, grid = 0;
+};
+
+template <int BITS> GemvSplit gemv_split(const PackedMatMulParams& m, int sms) {
+    using L = CodeLayout<BITS>;
+    GemvSplit s;
+    s.ntiles = (m.out_features + 15) / 16;
+    s.nchunks = (m.words_per_row + L::kChunkWords - 1) / L::kChunkWords;
+    s.grid = std::min(sms, s.ntiles);
+    const int64_t total = static_cast<int64_t>(s.ntiles) * s.nchunks;
+    s.per_block = static_cast<int>((total + s.grid - 1) / s.grid);
+    s.grid = static_cast<int>((total + s.per_block - 1) / s.per_block);
+    return s;
+}
+
+// Shared-memory layout in bytes. Front (every block): codes | c | work, where work holds the
+// prologue's u, input signs, DFT table and gather tables, and later the warps' partial sums.
+// Back (the last block, from offset 0 over the front): z slots | runs | v | DFT^T | synthesis
+// tables | output signs | bias.
+struct GemvSmem {
+    int codes = 0, c = 0, u = 0, signs_in = 0, dft = 0, gidx = 0, gw = 0, red = 0, front = 0;
+    int z = 0, runs = 0, v = 0, dft_t = 0, sbin = 0, sw = 0, signs_out = 0, bias = 0, back = 0;
+    // c_len: c's halves, zero-padded to whole chunks.
+    __host__ __device__ GemvSmem(const FrameLinearParams& p, int code_words_per_unit, int per_block, int c_len) {
+        const int n = p.in_dim(), m = p.out_dim(), K_in = p.matmul.in_features, K_out = p.matmul.out_features;
+        codes = 0;
+        c = up16(4 * 16 * code_words_per_unit * per_block);
+        u = c + up16(2 * (K_in > c_len ? K_in : c_len));
+        signs_in = u + 4 * padded_floats(n > K_in ? n : K_in);
+        dft = signs_in + up16(p.has_rotation_in ? 4 * n : 0);
+        gidx = dft + (p.has_frame_in ? 4 * dft_floats(p.frame_in.kp) : 0);
+        const int gn = p.has_frame_in ? p.frame_in.rho_c * p.frame_in.k : 0;
+        gw = gidx + up16(4 * gn);
+        const int prologue_end = gw + up16(4 * gn);
+        red = u;
+        const int red_end = red + 4 * kGemvWarps * kGemvPieces * 16;
+        front = prologue_end > red_end ? prologue_end : red_end;
+
+        z = 0;
+        runs = up16(4 * 2 * K_out);
+        v = runs + up16(4 * (K_out > m ? K_out : m));
+        dft_t = v + 4 * padded_floats(m);
+        sbin = dft_t + (p.has_frame_out ? 4 * dft_floats(p.frame_out.kp) : 0);
+        const int sn = p.has_frame_out ? 2 * p.frame_out.d_c : 0;
+        sw = sbin + up16(4 * sn);
+        signs_out = sw + up16(4 * sn);
+        bias = signs_out + up16(p.has_rotation_out ? 4 * m : 0);
+        back = bias + up16(p.bias ? 4 * m : 0);
+    }
+    __host__ __device__ int bytes() const { return front > back ? front : back; }
+};
+
+// The kp x kp DFT table (or its transpose) into shared memory with rows dft_pitch(kp) apart, by
+// cp.async (load_dft's layout); no commit.
+__device__ inline void stage_dft(const __half* table, __half* smem, int kp) {
+    const int per_row = kp / 8, pitch = dft_pitch(kp) / 8, n = kp * per_row;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        cp_async16(reinterpret_cast<uint4*>(smem) + (i / per_row) * pitch + i % per_row,
+                   reinterpret_cast<const uint4*>(table) + i);
+}
+
+// Activations of warp_packed_tile for one row in shared memory, zero-padded to whole chunks:
+// token 0 (lanes 0..3 of the B fragment) reads c, other tokens are zero; no bounds checks.
+struct GemvAct {
+    const __half* c;
+    __device__ __forceinline__ uint32_t operator()(int tok, int k) const {
+        return tok == 0 ? *reinterpret_cast<const uint32_t*>(c + k) : 0u;
+    }
+};
+
+// x[sp(i)] = (float) src[i], i < n, 16-byte loads where alignment allows; no barrier.
+template <typename T> __device__ inline void load_padded(const T* src, int n, float* x) {
+    constexpr int V = 16 / sizeof(T);
+    if (n % V == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0) {
+        for (int i = threadIdx.x; i < n / V; i += blockDim.x) {
+            const uint4 r = __ldg(reinterpret_cast<const uint4*>(src) + i);
+            const T* v = reinterpret_cast<const T*>(&r);
+#pragma unroll
+            for (int e = 0; e < V; ++e) x[sp(i * V + e)] = to_float(v[e]);
+        }
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) x[sp(i)] = to_float(__ldg(src + i));
+    }
+}
+
+template <int BITS, typename T, int KS>
+__global__ void __launch_bounds__(kGemvThreads, 1)
+    gemv_frame_linear_kernel(FrameLinearParams p, const T* __restrict__ x, T* __restrict__ y, float* zbuf,
+                             GemvSplit split, unsigned int* counter) {
+    extern __shared__ __align__(16) unsigned char gsmem[];
+    __shared__ int piece_tile[kGemvWarps * kGemvPieces];
+    __shared__ float xpart[kGemvWarps];
+    __shared__ bool is_last;
+    using L = CodeLayout<BITS>;
+    constexpr int CW = L::kChunkWords;
+    const int n = p.in_dim(), m = p.out_dim();
+    const int K_in = p.matmul.in_features, K_out = p.matmul.out_features, wpr = p.matmul.words_per_row;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const GemvSmem lay(p, CW, split.per_block, split.nchunks * CW * L::kCodesPerWord);
+    uint32_t* scodes = reinterpret_cast<uint32_t*>(gsmem + lay.codes);
+    __half* c = reinterpret_cast<__half*>(gsmem + lay.c);
+    float* u = reinterpret_cast<float*>(gsmem + lay.u);
+
+    // This block's units and the tiles they fall in. Tile t's part holds chunks [a_t, b_t) and
+    // starts at word offset off(t) of scodes, rows (b_t - a_t) * CW words apart; only the first
+    // and last tile can be partial, the ones between hold every chunk.
+    const int nch = split.nchunks;
+    const int u0 = blockIdx.x * split.per_block;
+    const int u1 = min(split.ntiles * nch, u0 + split.per_block);
+    const int t_first = u0 / nch, t_last = (u1 - 1) / nch;
+    const int a_first = u0 - t_first * nch, b_last = u1 - t_last * nch;
+    auto part_a = [&](int t) { return t == t_first ? a_first : 0; };
+    auto part_b = [&](int t) { return t == t_last ? b_last : nch; };
+    auto part_off = [&](int t) { return t == t_first ? 0 : 16 * CW * ((nch - a_first) + (t - t_first - 1) * nch); };
+    FQ_STAMP(0);
+
+    // 1. The prologue's tables towards shared memory (cp.async group 0), then the codes (group 1).
+    float* signs_in = reinterpret_cast<float*>(gsmem + lay.signs_in);
+    __half* dft = reinterpret_cast<__half*>(gsmem + lay.dft);
+    FrameParams fin = p.frame_in;
+    if (p.has_rotation_in) stage_words(signs_in, p.rotation_in.signs, n);
+    if (p.has_frame_in) {
+        const int gn = fin.rho_c * fin.k;
+        int32_t* gidx = reinterpret_cast<int32_t*>(gsmem + lay.gidx);
+        float* gw = reinterpret_cast<float*>(gsmem + lay.gw);
+        stage_words(gidx, fin.gather_index, gn);
+        stage_words(gw, fin.gather_weight, gn);
+        stage_dft(fin.dft, dft, fin.kp);
+        fin.gather_index = gidx;
+        fin.gather_weight = gw;
+    }
+    cp_async_commit();
+    {
+        // One warp per row of the block's parts (rows 16 apart in tile order), 16-byte pieces
+        // where words_per_row is a multiple of 4 (then every part's row starts 16-byte aligned
+        // at both ends: len and a * CW are multiples of 8 words).
+        const int total_rows = min(16 * (t_last + 1), K_out) - 16 * t_first;
+        for (int rr = warp; rr < total_rows; rr += kGemvWarps) {
+            const int t = t_first + (rr >> 4), r = rr & 15, a = part_a(t);
+            const int w_begin = a * CW, words = min(part_b(t) * CW, wpr) - w_begin, len = (part_b(t) - a) * CW;
+            uint32_t* dst = scodes + part_off(t) + r * len;
+            const uint32_t* src = p.matmul.codes + static_cast<int64_t>(t * 16 + r) * wpr + w_begin;
+            if (wpr % 4 == 0) {
+                for (int k = 4 * lane; k < words; k += 128) cp_async16(dst + k, src + k);
+            } else {
+                for (int k = lane; k < words; k += 32) cp_async4(dst + k, src + k);
+            }
+        }
+    }
+    cp_async_commit();
+    FQ_STAMP(1);
+
+    // 2. c = T_in^T R_in^T x (R^T x = signs * H x / sqrt(power)), c in fp16, zero-padded to whole
+    // chunks for GemvAct.
+    load_padded(x, n, u);
+    const int c_len = nch * CW * L::kCodesPerWord;
+    for (int i = K_in + threadIdx.x; i < c_len; i += blockDim.x) c[i] = __float2half_rn(0.f);
+    cp_async_wait<1>();
+    __syncthreads();
+    FQ_STAMP(2);
+    if (p.has_rotation_in) {
+        block_fwht(u, p.rotation_in.power, 1);
+        const float norm = rsqrtf(static_cast<float>(p.rotation_in.power));
+        for (int i = threadIdx.x; i < n; i += blockDim.x) u[sp(i)] *= signs_in[i] * norm;
+        __syncthreads();
+    }
+    FQ_STAMP(3);
+    if (p.has_frame_in) {
+        block_frame_analysis<__half, true, KS>(fin, u, c, dft, true, {}, 2);
+    } else {
+        for (int i = threadIdx.x; i < K_in; i += blockDim.x) c[i] = __float2half_rn(u[sp(i)]);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    FQ_STAMP(4);
+
+    // 3. The activation sum (for the zero points) and the block's units, split evenly over its warps.
+    {
+        float part = 0.f;
+        for (int i = threadIdx.x; i < K_in / 2; i += blockDim.x) {
+            const float2 v = __half22float2(reinterpret_cast<const __half2*>(c)[i]);
+            part += v.x + v.y;
+        }
+        for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+        if (lane == 0) xpart[warp] = part;
+    }
+    float* red = reinterpret_cast<float*>(gsmem + lay.red);  // the prologue's space is free now
+    {
+        const int per_warp = (u1 - u0 + kGemvWarps - 1) / kGemvWarps;
+        const int w0 = min(u1, u0 + warp * per_warp), w1 = min(u1, w0 + per_warp);
+        int unit = w0;
+#pragma unroll
+        for (int piece = 0; piece < kGemvPieces; ++piece) {
+            int tile = -1;
+            float acc[1][4] = {{0.f, 0.f, 0.f, 0.f}}, xs[1] = {0.f};
+            if (unit < w1) {
+                tile = unit / nch;
+                const int a = part_a(tile), end = min(w1, (tile + 1) * nch);
+                PackedMatMulParams pm = p.matmul;
+                pm.words_per_row = (part_b(tile) - a) * CW;
+                const int k0 = a * CW * L::kCodesPerWord;  // first code of the part
+                // xs_tile = 1 (no such tile with NT = 1): the sums come from xpart.
+                warp_packed_tile_accumulate<BITS, 1, 1, true>(pm, tile * 16, GemvAct{c + k0}, 0, unit - tile * nch - a,
+                                                              end - tile * nch - a, acc, xs, 1, scodes + part_off(tile),
+                                                              tile * 16);
+                unit = end;
+            }
+            // D layout: lane 4 g + q holds rows g (acc[0]) and g + 8 (acc[2]) of token 2 q.
+            if ((lane & 3) == 0) {
+                red[(warp * kGemvPieces + piece) * 16 + (lane >> 2)] = acc[0][0];
+                red[(warp * kGemvPieces + piece) * 16 + 8 + (lane >> 2)] = acc[0][2];
+            }
+            if (lane == 0) piece_tile[warp * kGemvPieces + piece] = tile;
+        }
+    }
+    __syncthreads();
+    FQ_STAMP(5);
+
+    // 4. Each row of the block's tiles: the warps' partial sums in warp order, scaled, into its
+    // slot of z (slot 1 zeroed by a block that holds the whole tile).
+    {
+        float xsum = 0.f;
+        for (int w = 0; w < kGemvWarps; ++w) xsum += xpart[w];
+        const int brows = (t_last - t_first + 1) * 16;
+        for (int e = threadIdx.x; e < brows; e += blockDim.x) {
+            const int tile = t_first + e / 16, r = e % 16, row = tile * 16 + r;
+            if (row >= K_out) continue;
+            float sum = 0.f;
+            for (int s = 0; s < kGemvWarps * kGemvPieces; ++s)
+                if (piece_tile[s] == tile) sum += red[s * 16 + r];
+            const bool first = part_a(tile) == 0;
+            if (first) sum -= __half2float(p.matmul.zero[row]) * xsum;
+            zbuf[(first ? 0 : K_out) + row] = __half2float(p.matmul.scale[row]) * sum;
+            if (first && part_b(tile) == nch) zbuf[K_out + row] = 0.f;
+        }
+    }
+
+    // 5. The last block to arrive runs the epilogue. The counter's low 31 bits count arrivals and
+    // return to zero; its top bit (the cooperative kernel's barrier phase) is left as it was.
+    // (The barrier orders the block's z stores before thread 0's fence, which is cumulative.)
+    __syncthreads();
+    FQ_STAMP(6);
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const unsigned int old = atomicAdd(counter, 1u);
+        is_last = ((old + 1u) & 0x7fffffffu) == gridDim.x;
+        if (is_last) {
+            atomicSub(counter, gridDim.x);
+            __threadfence();
+        }
+    }
+    __syncthreads();
+    if (!is_last) return;
+    FQ_STAMP(32);
+
+    float* zs = reinterpret_cast<float*>(gsmem + lay.z);
+    float* runs = reinterpret_cast<float*>(gsmem + lay.runs);
+    float* v = reinterpret_cast<float*>(gsmem + lay.v);
+    float* signs_out = reinterpret_cast<float*>(gsmem + lay.signs_out);
+    float* bias = reinterpret_cast<float*>(gsmem + lay.bias);
+    FrameParams fout = p.frame_out;
+    stage_words(zs, zbuf, 2 * K_out);  // 16-byte pieces go through L2 only (cp.async.cg)
+    if (p.has_frame_out) {
+        int32_t* sbin = reinterpret_cast<int32_t*>(gsmem + lay.sbin);
+        float* sw = reinterpret_cast<float*>(gsmem + lay.sw);
+        stage_words(sbin, fout.synth_bin, 2 * fout.d_c);
+        stage_words(sw, fout.synth_weight, 2 * fout.d_c);
+        stage_dft(fout.dft_t, reinterpret_cast<__half*>(gsmem + lay.dft_t), fout.kp);
+        fout.synth_bin = sbin;
+        fout.synth_weight = sw;
+    }
+    if (p.has_rotation_out) stage_words(signs_out, p.rotation_out.signs, m);
+    if (p.bias) stage_words(bias, p.bias, m);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    for (int i = threadIdx.x; i < K_out; i += blockDim.x) zs[i] += zs[K_out + i];
+    __syncthreads();
+    FQ_STAMP(33);
+
+    // y = R_out T_out z + bias, R v = H (signs * v) / sqrt(power).
+    if (p.has_frame_out) {
+        block_frame_synthesis<true, KS>(fout, [zs](int i) { return zs[i]; }, runs, v,
+                                        reinterpret_cast<const __half*>(gsmem + lay.dft_t), true, {}, 2);
+    } else {
+        for (int i = threadIdx.x; i < m; i += blockDim.x) v[sp(i)] = zs[i];
+        __syncthreads();
+    }
+    FQ_STAMP(34);
+    float norm = 1.f;
+    if (p.has_rotation_out) {
+        for (int i = threadIdx.x; i < m; i += blockDim.x) v[sp(i)] *= signs_out[i];
+        __syncthreads();
+        block_fwht(v, p.rotation_out.power, 1);
+        norm = rsqrtf(static_cast<float>(p.rotation_out.power));
+    }
+    FQ_STAMP(35);
+    for (int i = threadIdx.x; i < m; i += blockDim.x) y[i] = from_float<T>(v[sp(i)] * norm + (p.bias ? bias[i] : 0.f));
+    FQ_STAMP(36);
+}
+
+bool gemv_supported(const FrameLinearParams& p) {
+    if (p.has_rotation_in && p.rotation_in.odd != 1) return false;
+    if (p.has_rotation_out && p.rotation_out.odd != 1) return false;
+    if (p.has_frame_in && p.frame_in.kp > 16 * kMaxKSteps) return false;
+    if (p.has_frame_out && p.frame_out.kp > 16 * kMaxKSteps) return false;
+    return p.matmul.in_features % 2 == 0;
+}
+
+template <int BITS, typename T, int KS>
+cudaError_t launch_gemv(const FrameLinearParams& p, const T* x, T* y, void* workspace, unsigned int* counter,
+                        cudaStream_t stream) {
+    const DeviceLimits dev = device_limits();
+    const GemvSplit split = gemv_split<BITS>(p.matmul, dev.sms);
+    // A warp's run of units must touch at most kGemvPieces tiles.
+    if ((split.per_block + kGemvWarps - 1) / kGemvWarps > split.nchunks) return cudaErrorNotSupported;
+    auto kernel = gemv_frame_linear_kernel<BITS, T, KS>;
+    cudaFuncAttributes attr{};
+    cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
+    if (err != cudaSuccess) return err;
+    using L = CodeLayout<BITS>;
+    const size_t smem = GemvSmem(p, L::kChunkWords, split.per_block, split.nchunks * L::kChunkWords * L::kCodesPerWord).bytes();
+    if (smem + attr.sharedSizeBytes > static_cast<size_t>(dev.smem_optin)) return cudaErrorNotSupported;
+    err = allow_smem(kernel, smem);
+    if (err != cudaSuccess) return err;
+    kernel<<<split.grid, kGemvThreads, smem, stream>>>(p, x, y, static_cast<float*>(workspace), split, counter);
+    return cudaGetLastError();
+}
+
+template <int BITS, typename T>
+cudaError_t launch_gemv_ks(const FrameLinearParams& p, const T* x, T* y, void* ws, unsigned int* counter,
+                           cudaStream_t stream) {
+    const int kp = std::max(p.has_frame_in ? p.frame_in.kp : 0, p.has_frame_out ? p.frame_out.kp : 0);
+    if (kp <= 64) return launch_gemv<BITS, T, 4>(p, x, y, ws, counter, stream);
+    return launch_gemv<BITS, T, kMaxKSteps>(p, x, y, ws, counter, stream);
+}
+
+}  // namespace
+
+size_t frame_linear_gemv_workspace_bytes(const FrameLinearParams& p) {
+    return sizeof(float) * 2 * static_cast<size_t>(p.matmul.out_features);
+}
+
+cudaError_t launch_frame_linear_gemv(const FrameLinearParams& p, const void* x, void* y, int64_t rows, DType dtype,
+                                     void* workspace, unsigned int* counter, cudaStream_t stream) {
+    if (rows == 0) return cudaSuccess;
+    if (rows != 1) return cudaErrorInvalidValue;
+    if (!gemv_supported(p)) return cudaErrorNotSupported;
+    return with_act_type(dtype, x, y, [&](auto* xt, auto* yt) -> cudaError_t {
+        using T = std::remove_const_t<std::remove_pointer_t<decltype(xt)>>;
+        switch (p.matmul.bits) {
+            case 2: return launch_gemv_ks<2, T>(p, xt, yt, workspace, counter, stream);
+            case 4: return launch_gemv_ks<4, T>(p, xt, yt, workspace, counter, stream);
+            case 8: return launch_gemv_ks<8, T>(p, xt, yt, workspace, counter, stream);
+            default: return cudaErrorNotSupported;
+        }
+    });
+}
+
+#ifdef FQ_TRACE
+cudaError_t read_trace_gemv(unsigned long long* host, int n) {
+    return cudaMemcpyFromSymbol(host, detail::g_trace, sizeof(unsigned long long) * (n < 64 ? n : 64));
+}
+#endif
+
+}  // namespace fq
