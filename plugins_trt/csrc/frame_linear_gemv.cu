@@ -9,22 +9,20 @@
 //
 // Against the decode kernel (frame_linear.cu), which has the same shape (H200, ncu, 4096x4096:
 // 31 us, 94 blocks of three whole tiles each, tables read from global memory as needed): every SM
-// gets an equal share of the codes, the tables go to shared memory by cp.async with the codes,
-// 768 threads (1024 spilled) and fewer instructions per step (no bounds checks on the zero-padded
-// activations, one division-free warp per copied row). On the H200 the layer takes 21-22 us at
-// 4096x4096 against 30 for the decode kernel and 9.5 for cuBLAS fp16; its %globaltimer trace
-// (plugins_trt/tools/trace_decode.py --path gemv) shows where: issuing the copies 2.4-2.9 us (every
-// block reads ~40 KB of tables besides its ~38 KB of codes, so the start is bound by the L2), the
-// rotation 1.4, the analysis 2.4, the matmul 4 (instruction-bound: ~4 instructions per code), 2 us
-// between the first and the last block's arrival, and 6.5 us of one block's epilogue. A variant
-// with the codes moved by bulk copies (sm_90 cp.async.bulk on an mbarrier) and the epilogue's
-// tables copied during the matmul measured no faster (22.4 us) and was dropped. Rotations with an
-// odd factor (768, 11008, ...) take the other kernels (cudaErrorNotSupported here).
+// gets an equal share of the codes, the tables go to shared memory by cp.async ahead of the codes,
+// 768 threads (1024 spilled), and fewer instructions: one warp per copied row in 16-byte pieces,
+// the activations' B fragments built once per block (build_frags) instead of two loads and two
+// permutes per k16 step. On the H200 the layer takes 21.8 us at 4096x4096 against 29.7 for the
+// decode kernel and 10.0 for cuBLAS fp16. Its %globaltimer trace (trace_decode.py --path gemv,
+// benchmarks/results/h200/trace_gemv.txt) puts the time in steps of 1.4-4 us each: the copies
+// issued 1.9, x and the tables 2.1, the rotation 4.2, the analysis and the codes' arrival 6.7, the
+// matmul 10.5, z written 11.3, the last block's start 13.0 (the other blocks' spread), its
+// inputs 15.7, the synthesis 18.3, the rotation 19.7, y 20.1. Rotations with an odd factor (768,
+// 11008, ...) take the other kernels (cudaErrorNotSupported here).
 #include <algorithm>
 #include <type_traits>
 
 #include "common.cuh"
-#include "packed_matmul.cuh"
 
 namespace fq {
 namespace {
@@ -56,17 +54,23 @@ template <int BITS> GemvSplit gemv_split(const PackedMatMulParams& m, int sms) {
 }
 
 // Shared-memory layout in bytes. Front (every block): codes | c | work, where work holds the
-// prologue's u, input signs, DFT table and gather tables, and later the warps' partial sums.
+// prologue's u, input signs, DFT table and gather tables, and later c's B fragments and the warps'
+// partial sums.
 // Back (the last block, from offset 0 over the front): z slots | runs | v | DFT^T | synthesis
 // tables | output signs | bias.
 struct GemvSmem {
-    int codes = 0, c = 0, u = 0, signs_in = 0, dft = 0, gidx = 0, gw = 0, red = 0, front = 0;
+    int codes = 0, c = 0, frag = 0, u = 0, signs_in = 0, dft = 0, gidx = 0, gw = 0, red = 0, front = 0;
     int z = 0, runs = 0, v = 0, dft_t = 0, sbin = 0, sw = 0, signs_out = 0, bias = 0, back = 0;
-    // c_len: c's halves, zero-padded to whole chunks.
-    __host__ __device__ GemvSmem(const FrameLinearParams& p, int code_words_per_unit, int per_block, int c_len) {
+    // c_len: c's halves, zero-padded to whole chunks; frag_bytes: its B fragments (build_frags).
+    __host__ __device__ GemvSmem(const FrameLinearParams& p, int code_words_per_unit, int per_block, int c_len,
+                                 int frag_bytes) {
         const int n = p.in_dim(), m = p.out_dim(), K_in = p.matmul.in_features, K_out = p.matmul.out_features;
         codes = 0;
-        c = up16(4 * 16 * code_words_per_unit * per_block);
+        // Parts hold whole chunks; each row is padded by wpr % 4 words (GemvPitch) and a block holds
+        // at most per_block / nchunks + 2 parts.
+        const int nch = (p.matmul.words_per_row + code_words_per_unit - 1) / code_words_per_unit;
+        const int parts = per_block / nch + 2;
+        c = up16(4 * 16 * (code_words_per_unit * per_block + 4 * parts));
         u = c + up16(2 * (K_in > c_len ? K_in : c_len));
         signs_in = u + 4 * padded_floats(n > K_in ? n : K_in);
         dft = signs_in + up16(p.has_rotation_in ? 4 * n : 0);
@@ -74,7 +78,8 @@ struct GemvSmem {
         const int gn = p.has_frame_in ? p.frame_in.rho_c * p.frame_in.k : 0;
         gw = gidx + up16(4 * gn);
         const int prologue_end = gw + up16(4 * gn);
-        red = u;
+        frag = u;  // over the prologue's space once the analysis is done
+        red = frag + up16(frag_bytes);
         const int red_end = red + 4 * kGemvWarps * kGemvPieces * 16;
         front = prologue_end > red_end ? prologue_end : red_end;
 
@@ -92,6 +97,50 @@ struct GemvSmem {
     __host__ __device__ int bytes() const { return front > back ? front : back; }
 };
 
+// sm_90: the last block's epilogue inputs (z, the synthesis tables, signs, bias: ~110 KB at
+// 4096x4096) arrive by bulk copies, one instruction per array moved by the copy engine, that
+// complete on an mbarrier in shared memory; elsewhere (sm_80, unaligned arrays) by cp.async. Not
+// a gain as measured: in the one H200 run of this form the last block took 2.7 us from its start
+// to its inputs in shared memory, against 2.1 us with 16-byte cp.async pieces from every thread
+// in the runs before (one trace each, medians of 30 calls).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr bool kBulkCopies = true;
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     smem_u32(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
+                 : "memory");
+}
+// Orders this thread's view of global memory (z, written by other blocks and acquired through
+// the counter) before its bulk copies, which read through the async proxy.
+__device__ __forceinline__ void proxy_fence_global() { asm volatile("fence.proxy.async.global;" ::: "memory"); }
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned phase) {
+    unsigned done = 0;
+    while (!done) {
+        asm volatile(
+            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+            : "=r"(done)
+            : "r"(smem_u32(bar)), "r"(phase)
+            : "memory");
+    }
+}
+#else
+constexpr bool kBulkCopies = false;
+__device__ __forceinline__ void mbar_init(uint64_t*, unsigned) {}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t*, unsigned) {}
+__device__ __forceinline__ void bulk_copy(void*, const void*, unsigned, uint64_t*) {}
+__device__ __forceinline__ void proxy_fence_global() {}
+__device__ __forceinline__ void mbar_wait(uint64_t*, unsigned) {}
+#endif
+
 // The kp x kp DFT table (or its transpose) into shared memory with rows dft_pitch(kp) apart, by
 // cp.async (load_dft's layout); no commit.
 __device__ inline void stage_dft(const __half* table, __half* smem, int kp) {
@@ -101,14 +150,61 @@ __device__ inline void stage_dft(const __half* table, __half* smem, int kp) {
                    reinterpret_cast<const uint4*>(table) + i);
 }
 
-// Activations of warp_packed_tile for one row in shared memory, zero-padded to whole chunks:
-// token 0 (lanes 0..3 of the B fragment) reads c, other tokens are zero; no bounds checks.
-struct GemvAct {
-    const __half* c;
-    __device__ __forceinline__ uint32_t operator()(int tok, int k) const {
-        return tok == 0 ? *reinterpret_cast<const uint32_t*>(c + k) : 0u;
+// The B fragments of one row of activations, in the order one lane of a quad reads them:
+// frag[(chunk * 4 + q) * kSteps + s] holds lane q's (b0, b1) of k16 step s of that chunk, i.e.
+// the pairs (c[k], c[k + kPairStride]) and (c[k + 1], c[k + 1 + kPairStride]) that
+// warp_packed_tile (packed_matmul.cuh) builds from two loads and two permutes per step.
+template <int BITS> __device__ inline void build_frags(const __half* c, uint2* frag, int nchunks) {
+    using L = CodeLayout<BITS>;
+    for (int i = threadIdx.x; i < nchunks * 4 * L::kSteps; i += blockDim.x) {
+        const int step = i % L::kSteps, q = (i / L::kSteps) & 3, chunk = i / (4 * L::kSteps);
+        const int lw = step / L::kStepsPerWord, sub = step % L::kStepsPerWord;
+        const int k = (chunk * L::kChunkWords + q * L::kLaneWords + lw) * L::kCodesPerWord + 2 * sub;
+        const uint32_t u0 = *reinterpret_cast<const uint32_t*>(c + k);
+        const uint32_t u1 = *reinterpret_cast<const uint32_t*>(c + k + L::kPairStride);
+        frag[i] = make_uint2(prmt(u0, u1, 0x5410), prmt(u0, u1, 0x7632));
     }
-};
+}
+
+// acc += the 16 rows of a part (rows `pitch` words apart, the first `rows` valid) times one row
+// of activations over chunks [c0, c1) of the part, on tensor cores (mma D layout: token 0 in
+// lanes 4 g, acc[0] row g, acc[2] row g + 8). `frag`: build_frags of the part's first chunk;
+// only lanes with g = 0 feed activations (the B column of token 0), the others zeros.
+template <int BITS>
+__device__ __forceinline__ void gemv_tile(const uint32_t* part, int pitch, int rows, const uint4* frag, int c0, int c1,
+                                          float acc[4]) {
+    using L = CodeLayout<BITS>;
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const bool v0 = g < rows, v1 = g + 8 < rows, feeds = g == 0;
+    const uint32_t* p0 = part + (v0 ? g : 0) * pitch;
+    const uint32_t* p1 = part + (v1 ? g + 8 : 0) * pitch;
+    for (int c = c0; c < c1; ++c) {
+        const int w0 = c * L::kChunkWords + q * L::kLaneWords;
+        uint32_t wa[L::kLaneWords], wb[L::kLaneWords];
+        if constexpr (L::kLaneWords == 2) {
+            const uint2 x0 = v0 ? *reinterpret_cast<const uint2*>(p0 + w0) : make_uint2(0u, 0u);
+            const uint2 x1 = v1 ? *reinterpret_cast<const uint2*>(p1 + w0) : make_uint2(0u, 0u);
+            wa[0] = x0.x; wa[1] = x0.y; wb[0] = x1.x; wb[1] = x1.y;
+        } else {
+            const uint4 x0 = v0 ? *reinterpret_cast<const uint4*>(p0 + w0) : make_uint4(0u, 0u, 0u, 0u);
+            const uint4 x1 = v1 ? *reinterpret_cast<const uint4*>(p1 + w0) : make_uint4(0u, 0u, 0u, 0u);
+            wa[0] = x0.x; wa[1] = x0.y; wa[2] = x0.z; wa[3] = x0.w;
+            wb[0] = x1.x; wb[1] = x1.y; wb[2] = x1.z; wb[3] = x1.w;
+        }
+        const uint4* f = frag + (c * 4 + q) * (L::kSteps / 2);
+#pragma unroll
+        for (int s2 = 0; s2 < L::kSteps / 2; ++s2) {
+            const uint4 fb = feeds ? f[s2] : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int s = 2 * s2 + h, lw = s / L::kStepsPerWord, sh = 2 * BITS * (s % L::kStepsPerWord);
+                const uint32_t a[4] = {decode_pair<BITS>(wa[lw], sh), decode_pair<BITS>(wb[lw], sh),
+                                       decode_pair<BITS>(wa[lw], sh + BITS), decode_pair<BITS>(wb[lw], sh + BITS)};
+                mma16816(acc, a, h ? fb.z : fb.x, h ? fb.w : fb.y);
+            }
+        }
+    }
+}
 
 // x[sp(i)] = (float) src[i], i < n, 16-byte loads where alignment allows; no barrier.
 template <typename T> __device__ inline void load_padded(const T* src, int n, float* x) {
@@ -133,12 +229,13 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
     __shared__ int piece_tile[kGemvWarps * kGemvPieces];
     __shared__ float xpart[kGemvWarps];
     __shared__ bool is_last;
+    __shared__ __align__(8) uint64_t epi_bar[1];  // the epilogue's bulk copies (sm_90)
     using L = CodeLayout<BITS>;
     constexpr int CW = L::kChunkWords;
     const int n = p.in_dim(), m = p.out_dim();
     const int K_in = p.matmul.in_features, K_out = p.matmul.out_features, wpr = p.matmul.words_per_row;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const GemvSmem lay(p, CW, split.per_block, split.nchunks * CW * L::kCodesPerWord);
+    const GemvSmem lay(p, CW, split.per_block, split.nchunks * CW * L::kCodesPerWord, 32 * split.nchunks * L::kSteps);
     uint32_t* scodes = reinterpret_cast<uint32_t*>(gsmem + lay.codes);
     __half* c = reinterpret_cast<__half*>(gsmem + lay.c);
     float* u = reinterpret_cast<float*>(gsmem + lay.u);
@@ -151,9 +248,16 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
     const int u1 = min(split.ntiles * nch, u0 + split.per_block);
     const int t_first = u0 / nch, t_last = (u1 - 1) / nch;
     const int a_first = u0 - t_first * nch, b_last = u1 - t_last * nch;
+    // A part's rows are pitch(t) = (b_t - a_t) * CW + pad words apart, pad = wpr % 4: row r of a part
+    // then starts at the same offset modulo 4 words as its codes in global memory (part offsets are
+    // multiples of 16 rows), so that both sides of the 16-byte copies are aligned.
+    const int pad = wpr % 4;
     auto part_a = [&](int t) { return t == t_first ? a_first : 0; };
     auto part_b = [&](int t) { return t == t_last ? b_last : nch; };
-    auto part_off = [&](int t) { return t == t_first ? 0 : 16 * CW * ((nch - a_first) + (t - t_first - 1) * nch); };
+    auto pitch = [&](int t) { return (part_b(t) - part_a(t)) * CW + pad; };
+    auto part_off = [&](int t) {
+        return t == t_first ? 0 : 16 * ((nch - a_first) * CW + pad) + 16 * (t - t_first - 1) * (nch * CW + pad);
+    };
     FQ_STAMP(0);
 
     // 1. The prologue's tables towards shared memory (cp.async group 0), then the codes (group 1).
@@ -172,18 +276,30 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
         fin.gather_weight = gw;
     }
     cp_async_commit();
+    // x in flight while the codes are issued: one 16-byte load per thread where it fits.
+    constexpr int V = 16 / sizeof(T);
+    const bool x_reg = n % V == 0 && n / V <= static_cast<int>(blockDim.x) && (reinterpret_cast<uintptr_t>(x) & 15) == 0;
+    uint4 xr = make_uint4(0u, 0u, 0u, 0u);
+    if (x_reg && static_cast<int>(threadIdx.x) < n / V) xr = __ldg(reinterpret_cast<const uint4*>(x) + threadIdx.x);
     {
-        // One warp per row of the block's parts (rows 16 apart in tile order), 16-byte pieces
-        // where words_per_row is a multiple of 4 (then every part's row starts 16-byte aligned
-        // at both ends: len and a * CW are multiples of 8 words).
+        // One warp per row of the block's parts (rows 16 apart in tile order): 16-byte pieces, with
+        // a head and a tail of 8 or 4 bytes where the row is not 16-byte aligned in global memory.
+        // (4-byte pieces throughout, as for 4096 frame columns, 282 words a row, took the threads
+        // 2.8 us to issue on the H200.)
         const int total_rows = min(16 * (t_last + 1), K_out) - 16 * t_first;
         for (int rr = warp; rr < total_rows; rr += kGemvWarps) {
-            const int t = t_first + (rr >> 4), r = rr & 15, a = part_a(t);
-            const int w_begin = a * CW, words = min(part_b(t) * CW, wpr) - w_begin, len = (part_b(t) - a) * CW;
-            uint32_t* dst = scodes + part_off(t) + r * len;
+            const int t = t_first + (rr >> 4), r = rr & 15;
+            const int w_begin = part_a(t) * CW, words = min(part_b(t) * CW, wpr) - w_begin;
+            uint32_t* dst = scodes + part_off(t) + r * pitch(t);
             const uint32_t* src = p.matmul.codes + static_cast<int64_t>(t * 16 + r) * wpr + w_begin;
-            if (wpr % 4 == 0) {
-                for (int k = 4 * lane; k < words; k += 128) cp_async16(dst + k, src + k);
+            // Both sides agree modulo 16 bytes unless the codes tensor itself starts unaligned.
+            const uintptr_t at = reinterpret_cast<uintptr_t>(src);
+            if (((at ^ static_cast<uintptr_t>(__cvta_generic_to_shared(dst))) & 15) == 0) {
+                const int head = min(words, static_cast<int>((4 - (at >> 2)) & 3));
+                const int tail = (words - head) & 3, end = words - tail;
+                if (lane < head) cp_async4(dst + lane, src + lane);
+                for (int k = head + 4 * lane; k < end; k += 128) cp_async16(dst + k, src + k);
+                if (lane < tail) cp_async4(dst + end + lane, src + end + lane);
             } else {
                 for (int k = lane; k < words; k += 32) cp_async4(dst + k, src + k);
             }
@@ -193,8 +309,14 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
     FQ_STAMP(1);
 
     // 2. c = T_in^T R_in^T x (R^T x = signs * H x / sqrt(power)), c in fp16, zero-padded to whole
-    // chunks for GemvAct.
-    load_padded(x, n, u);
+    // chunks for build_frags.
+    if (!x_reg) {
+        load_padded(x, n, u);
+    } else if (static_cast<int>(threadIdx.x) < n / V) {
+        const T* xv = reinterpret_cast<const T*>(&xr);
+#pragma unroll
+        for (int e = 0; e < V; ++e) u[sp(threadIdx.x * V + e)] = to_float(xv[e]);
+    }
     const int c_len = nch * CW * L::kCodesPerWord;
     for (int i = K_in + threadIdx.x; i < c_len; i += blockDim.x) c[i] = __float2half_rn(0.f);
     cp_async_wait<1>();
@@ -216,7 +338,10 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
     __syncthreads();
     FQ_STAMP(4);
 
-    // 3. The activation sum (for the zero points) and the block's units, split evenly over its warps.
+    // 3. The activation sum (for the zero points), the B fragments, and the block's units, split
+    // evenly over its warps.
+    uint2* frag = reinterpret_cast<uint2*>(gsmem + lay.frag);  // the prologue's space is free now
+    build_frags<BITS>(c, frag, nch);
     {
         float part = 0.f;
         for (int i = threadIdx.x; i < K_in / 2; i += blockDim.x) {
@@ -226,7 +351,8 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
         for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
         if (lane == 0) xpart[warp] = part;
     }
-    float* red = reinterpret_cast<float*>(gsmem + lay.red);  // the prologue's space is free now
+    __syncthreads();
+    float* red = reinterpret_cast<float*>(gsmem + lay.red);
     {
         const int per_warp = (u1 - u0 + kGemvWarps - 1) / kGemvWarps;
         const int w0 = min(u1, u0 + warp * per_warp), w1 = min(u1, w0 + per_warp);
@@ -234,23 +360,19 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
 #pragma unroll
         for (int piece = 0; piece < kGemvPieces; ++piece) {
             int tile = -1;
-            float acc[1][4] = {{0.f, 0.f, 0.f, 0.f}}, xs[1] = {0.f};
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
             if (unit < w1) {
                 tile = unit / nch;
                 const int a = part_a(tile), end = min(w1, (tile + 1) * nch);
-                PackedMatMulParams pm = p.matmul;
-                pm.words_per_row = (part_b(tile) - a) * CW;
-                const int k0 = a * CW * L::kCodesPerWord;  // first code of the part
-                // xs_tile = 1 (no such tile with NT = 1): the sums come from xpart.
-                warp_packed_tile_accumulate<BITS, 1, 1, true>(pm, tile * 16, GemvAct{c + k0}, 0, unit - tile * nch - a,
-                                                              end - tile * nch - a, acc, xs, 1, scodes + part_off(tile),
-                                                              tile * 16);
+                gemv_tile<BITS>(scodes + part_off(tile), pitch(tile), min(16, K_out - tile * 16),
+                                reinterpret_cast<const uint4*>(frag) + a * 4 * (L::kSteps / 2), unit - tile * nch - a,
+                                end - tile * nch - a, acc);
                 unit = end;
             }
             // D layout: lane 4 g + q holds rows g (acc[0]) and g + 8 (acc[2]) of token 2 q.
             if ((lane & 3) == 0) {
-                red[(warp * kGemvPieces + piece) * 16 + (lane >> 2)] = acc[0][0];
-                red[(warp * kGemvPieces + piece) * 16 + 8 + (lane >> 2)] = acc[0][2];
+                red[(warp * kGemvPieces + piece) * 16 + (lane >> 2)] = acc[0];
+                red[(warp * kGemvPieces + piece) * 16 + 8 + (lane >> 2)] = acc[2];
             }
             if (lane == 0) piece_tile[warp * kGemvPieces + piece] = tile;
         }
@@ -301,20 +423,42 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
     float* signs_out = reinterpret_cast<float*>(gsmem + lay.signs_out);
     float* bias = reinterpret_cast<float*>(gsmem + lay.bias);
     FrameParams fout = p.frame_out;
-    stage_words(zs, zbuf, 2 * K_out);  // 16-byte pieces go through L2 only (cp.async.cg)
+    int32_t* sbin = reinterpret_cast<int32_t*>(gsmem + lay.sbin);
+    float* sw = reinterpret_cast<float*>(gsmem + lay.sw);
+    // Each array by one bulk copy where it is a 16-byte multiple at a 16-byte aligned address
+    // (the destinations are), else by cp.async (z: 16-byte pieces go through L2 only, .cg).
+    struct Array {
+        void* dst;
+        const void* src;
+        int words;
+    } arrays[5] = {{zs, zbuf, 2 * K_out}, {}, {}, {}, {}};
     if (p.has_frame_out) {
-        int32_t* sbin = reinterpret_cast<int32_t*>(gsmem + lay.sbin);
-        float* sw = reinterpret_cast<float*>(gsmem + lay.sw);
-        stage_words(sbin, fout.synth_bin, 2 * fout.d_c);
-        stage_words(sw, fout.synth_weight, 2 * fout.d_c);
+        arrays[1] = {sbin, fout.synth_bin, 2 * fout.d_c};
+        arrays[2] = {sw, fout.synth_weight, 2 * fout.d_c};
         stage_dft(fout.dft_t, reinterpret_cast<__half*>(gsmem + lay.dft_t), fout.kp);
         fout.synth_bin = sbin;
         fout.synth_weight = sw;
     }
-    if (p.has_rotation_out) stage_words(signs_out, p.rotation_out.signs, m);
-    if (p.bias) stage_words(bias, p.bias, m);
+    if (p.has_rotation_out) arrays[3] = {signs_out, p.rotation_out.signs, m};
+    if (p.bias) arrays[4] = {bias, p.bias, m};
+    auto bulk = [](const Array& a) {
+        return kBulkCopies && a.words > 0 && a.words % 4 == 0 && (reinterpret_cast<uintptr_t>(a.src) & 15) == 0;
+    };
+    if (threadIdx.x == 0) mbar_init(epi_bar, 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned bytes = 0;
+        for (const Array& a : arrays) bytes += bulk(a) ? 4u * a.words : 0u;
+        mbar_expect_tx(epi_bar, bytes);  // the barrier's one arrival, before the copies
+        proxy_fence_global();
+        for (const Array& a : arrays)
+            if (bulk(a)) bulk_copy(a.dst, a.src, 4u * a.words, epi_bar);
+    }
+    for (const Array& a : arrays)
+        if (a.words > 0 && !bulk(a)) stage_words(a.dst, a.src, a.words);
     cp_async_commit();
     cp_async_wait<0>();
+    mbar_wait(epi_bar, 0);
     __syncthreads();
     for (int i = threadIdx.x; i < K_out; i += blockDim.x) zs[i] += zs[K_out + i];
     __syncthreads();
@@ -361,7 +505,8 @@ cudaError_t launch_gemv(const FrameLinearParams& p, const T* x, T* y, void* work
     cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
     if (err != cudaSuccess) return err;
     using L = CodeLayout<BITS>;
-    const size_t smem = GemvSmem(p, L::kChunkWords, split.per_block, split.nchunks * L::kChunkWords * L::kCodesPerWord).bytes();
+    const size_t smem = GemvSmem(p, L::kChunkWords, split.per_block, split.nchunks * L::kChunkWords * L::kCodesPerWord,
+                                 32 * split.nchunks * L::kSteps).bytes();
     if (smem + attr.sharedSizeBytes > static_cast<size_t>(dev.smem_optin)) return cudaErrorNotSupported;
     err = allow_smem(kernel, smem);
     if (err != cudaSuccess) return err;

@@ -4,8 +4,8 @@ TensorRT's runtime cannot be installed here, but its headers can be had (NVIDIA/
 plugin's glue does not link libnvinfer. ``plugin_glue_check.cpp`` links the plugin library's
 sources and drives the plugin the way TensorRT does (creator, build checks, serialization,
 context clone, onShapeChange + enqueue per case, workspace as asked for and filled with NaN).
-This script writes its data (a random 768x768 FrameQuant layer, inputs, float64 references and
-tolerances), builds it with nvcc and runs it on the GPU:
+This script writes its data (a random 768x768 FrameQuant layer, or --size N for N x N, inputs,
+float64 references and tolerances), builds it with nvcc and runs it on the GPU:
 
     python plugins_trt/tools/plugin_glue_check.py run --trt-include /path/to/TensorRT/include
 
@@ -32,14 +32,14 @@ sys.path.insert(0, str(ROOT))
 from fq_export import plugin_ops  # noqa: E402
 from plugins_trt import harness  # noqa: E402
 
-CASES = {  # name: (rows, activations, scale/zero dtype)
+CASES = {  # name: (rows, activations, scale/zero dtype); the dense case takes at least dense_min_rows
     "single": (1, 16, 32),
     "three": (16, 16, 32),
     "gemm": (300, 16, 32),
     "dense": (1000, 16, 16),
     "fp32": (300, 32, 32),
 }
-IN_F = OUT_F = 768
+SIZE = 768  # the layer is SIZE x SIZE; --size 1024 for a width without an odd factor (one row: the gemv kernel)
 
 
 def forward(layer, x: torch.Tensor, dtype) -> torch.Tensor:
@@ -53,12 +53,14 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def write_data(folder: Path, seed: int = 5) -> None:
+def write_data(folder: Path, seed: int = 5, size: int = SIZE) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    layer = harness.random_frame_layer(IN_F, OUT_F, seed=seed)
+    layer = harness.random_frame_layer(size, size, seed=seed)
     attrs = plugin_ops.layer_attributes(layer)
     names = list(plugin_ops.ATTRIBUTES[plugin_ops.LAYER_OP])
     k_out = layer.frame_shape[0]
+    cases = dict(CASES)
+    cases["dense"] = (max(CASES["dense"][0], dense_rows(size, k_out)), *CASES["dense"][1:])
     layer.packed_codes.numpy().astype(np.int32).tofile(folder / "codes.bin")
     layer.scale.float().numpy().tofile(folder / "scale.bin")
     layer.zero.float().numpy().tofile(folder / "zero.bin")
@@ -66,11 +68,11 @@ def write_data(folder: Path, seed: int = 5) -> None:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     gpu_layer = layer.to(dev)
     lines = [f"fields {' '.join(names)}", f"values {' '.join(str(attrs[n]) for n in names)}",
-             f"in_dim {IN_F}", f"out_dim {OUT_F}", f"k_out {k_out}", f"words {layer.packed_codes.shape[1]}",
-             f"max_rows {max(c[0] for c in CASES.values())}", f"cases {' '.join(CASES)}"]
+             f"in_dim {size}", f"out_dim {size}", f"k_out {k_out}", f"words {layer.packed_codes.shape[1]}",
+             f"max_rows {max(c[0] for c in cases.values())}", f"cases {' '.join(cases)}"]
     gen = torch.Generator().manual_seed(seed)
-    for name, (rows, act, sz) in CASES.items():
-        x = torch.randn(rows, IN_F, generator=gen)
+    for name, (rows, act, sz) in cases.items():
+        x = torch.randn(rows, size, generator=gen)
         x_in = x.half().float() if act == 16 else x  # what the plugin is given
         ref = forward(gpu_layer, x_in.to(dev), torch.float64)
         e16 = rel_err(forward(gpu_layer, x_in.to(dev), torch.float16), ref)
@@ -78,12 +80,12 @@ def write_data(folder: Path, seed: int = 5) -> None:
         ref.cpu().numpy().astype(np.float64).tofile(folder / f"y_{name}.bin")
         lines.append(f"case_{name} {rows} {act} {sz} {2 * e16 + 1e-6:.6e}")
     (folder / "meta.txt").write_text("\n".join(lines) + "\n")
-    assert harness_dense_rows(k_out) <= CASES["dense"][0] and CASES["gemm"][0] < harness_dense_rows(k_out)
+    assert cases["gemm"][0] < dense_rows(size, k_out) <= cases["dense"][0]
 
 
-def harness_dense_rows(k_out: int) -> int:
-    """dense_min_rows of fq_kernels.h, evaluated here without the extension."""
-    return math.ceil(IN_F * (k_out + OUT_F) / (IN_F + OUT_F))
+def dense_rows(size: int, k_out: int) -> int:
+    """dense_min_rows of fq_kernels.h for a size x size layer, evaluated here without the extension."""
+    return math.ceil(size * (k_out + size) / (2 * size))
 
 
 def build(trt_include: Path, out: Path) -> None:
@@ -102,17 +104,19 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("data", help="write the layer, inputs and references")
     d.add_argument("dir", type=Path)
+    d.add_argument("--size", type=int, default=SIZE, help=f"layer width (default {SIZE})")
     r = sub.add_parser("run", help="write the data, build with nvcc, run")
+    r.add_argument("--size", type=int, default=SIZE, help=f"layer width (default {SIZE})")
     r.add_argument("--trt-include", type=Path, required=True, help="TensorRT's include folder (NvInferRuntime.h)")
     r.add_argument("--workdir", type=Path)
     args = parser.parse_args(argv)
     if args.cmd == "data":
-        write_data(args.dir)
+        write_data(args.dir, size=args.size)
         return 0
     if not (args.trt_include / "NvInferRuntime.h").exists():
         raise SystemExit(f"no NvInferRuntime.h in {args.trt_include}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fq_glue_"))
-    write_data(work / "data")
+    write_data(work / "data", size=args.size)
     build(args.trt_include, work / "plugin_glue_check")
     return subprocess.run([str(work / "plugin_glue_check"), str(work / "data")]).returncode
 
