@@ -832,5 +832,26 @@ __device__ inline void grid_barrier(unsigned int* counter, unsigned int n, bool 
 }
 __device__ inline void grid_barrier(unsigned int* counter) { grid_barrier(counter, gridDim.x, true, false); }
 
+// Every block calls this once when its results are written; true (in every thread) for the last
+// block of the grid to do so, which may then read all of them. The counter's low 31 bits count
+// arrivals and return to zero; its top bit (grid_barrier's phase, the cooperative kernel shares
+// the word) is left as it was. (The barrier orders the block's stores before thread 0's fence,
+// which is cumulative.)
+__device__ inline bool last_block_arrives(unsigned int* counter) {
+    __shared__ bool is_last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const unsigned int old = atomicAdd(counter, 1u);
+        is_last = ((old + 1u) & 0x7fffffffu) == gridDim.x;
+        if (is_last) {
+            atomicSub(counter, gridDim.x);
+            __threadfence();
+        }
+    }
+    __syncthreads();
+    return is_last;
+}
+
 }  // namespace detail
 }  // namespace fq

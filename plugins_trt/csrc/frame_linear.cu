@@ -551,7 +551,6 @@ __global__ void __launch_bounds__(kDecodeThreads, 1)
     decode_frame_linear_kernel(FrameLinearParams p, const T* __restrict__ x, T* y, int rows, float* zbuf,
                                int tiles_per_block, unsigned int* counter) {
     extern __shared__ __align__(16) float smem[];
-    __shared__ bool is_last;
     __shared__ float xsum[kDecodeRows];
     __shared__ float xpart[kDecodeWarps][kDecodeRows];
     using L = CodeLayout<BITS>;
@@ -643,21 +642,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 1)
             __half2float(p.matmul.scale[row]) * (sum - __half2float(p.matmul.zero[row]) * xsum[tok]);
     }
 
-    // 5. The last block to arrive runs the epilogue. The counter's low 31 bits count arrivals and
-    // return to zero; its top bit (the cooperative kernel's barrier phase) is left as it was.
-    __syncthreads();
+    // 5. The last block to arrive runs the epilogue.
     FQ_STAMP(8);
-    if (threadIdx.x == 0) {
-        __threadfence();
-        const unsigned int old = atomicAdd(counter, 1u);
-        is_last = ((old + 1u) & 0x7fffffffu) == gridDim.x;
-        if (is_last) {
-            atomicSub(counter, gridDim.x);
-            __threadfence();
-        }
-    }
-    __syncthreads();
-    if (!is_last) return;
+    if (!last_block_arrives(counter)) return;
     FQ_STAMP(32);
     const EpilogueSmem sc(p, smem);
     if (p.has_frame_out) load_dft(p.frame_out.dft_t, sc.dft_t, p.frame_out.kp);

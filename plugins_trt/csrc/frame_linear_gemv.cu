@@ -228,7 +228,6 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
     extern __shared__ __align__(16) unsigned char gsmem[];
     __shared__ int piece_tile[kGemvWarps * kGemvPieces];
     __shared__ float xpart[kGemvWarps];
-    __shared__ bool is_last;
     __shared__ __align__(8) uint64_t epi_bar[1];  // the epilogue's bulk copies (sm_90)
     using L = CodeLayout<BITS>;
     constexpr int CW = L::kChunkWords;
@@ -399,22 +398,9 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
         }
     }
 
-    // 5. The last block to arrive runs the epilogue. The counter's low 31 bits count arrivals and
-    // return to zero; its top bit (the cooperative kernel's barrier phase) is left as it was.
-    // (The barrier orders the block's z stores before thread 0's fence, which is cumulative.)
-    __syncthreads();
+    // 5. The last block to arrive runs the epilogue.
     FQ_STAMP(6);
-    if (threadIdx.x == 0) {
-        __threadfence();
-        const unsigned int old = atomicAdd(counter, 1u);
-        is_last = ((old + 1u) & 0x7fffffffu) == gridDim.x;
-        if (is_last) {
-            atomicSub(counter, gridDim.x);
-            __threadfence();
-        }
-    }
-    __syncthreads();
-    if (!is_last) return;
+    if (!last_block_arrives(counter)) return;
     FQ_STAMP(32);
 
     float* zs = reinterpret_cast<float*>(gsmem + lay.z);
