@@ -2,7 +2,7 @@
 # The GPU proof of plugins_trt (H100, H200) (run from the repo root on the GPU machine; $OUT collects results):
 # kernel tests against fq_export's PyTorch reference (random and real MiniLM layers), whole-model
 # MiniLM and ViT-B/16 forward passes through the kernels, benchmarks/kernels.py, the FQFrameLinear plugin
-# glue check (where FQ_TRT_INCLUDE points at TensorRT's headers) and the split-kernel trace.
+# glue check (where FQ_TRT_INCLUDE points at TensorRT's headers) and the split and gemv kernels' traces.
 set -u
 OUT=${OUT:-/tmp/fq-gpu-proof}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD
@@ -21,10 +21,17 @@ if [ -f "${FQ_TRT_INCLUDE:-}/NvInferRuntime.h" ]; then
   timeout ${GLUE_TIMEOUT:-300} python plugins_trt/tools/plugin_glue_check.py run --trt-include "$FQ_TRT_INCLUDE" \
     > "$OUT/plugin_glue_check.txt" 2>&1
   echo "glue rc=$? $(( $(date +%s) - start ))s"; grep "^case\|^ok\|FAILED" "$OUT/plugin_glue_check.txt"
+  # A width without an odd factor: the one-row case goes through the gemv kernel.
+  timeout ${GLUE_TIMEOUT:-300} python plugins_trt/tools/plugin_glue_check.py run --size 1024 --trt-include "$FQ_TRT_INCLUDE" \
+    > "$OUT/plugin_glue_check_1024.txt" 2>&1
+  echo "glue 1024 rc=$? $(( $(date +%s) - start ))s"; grep "^case\|^ok\|FAILED" "$OUT/plugin_glue_check_1024.txt"
 fi
 # Where the M = 1 time goes (a profiling build with %globaltimer stamps; TRACE_TIMEOUT=0 skips it).
 if [ "${TRACE_TIMEOUT:-150}" != 0 ]; then
   FQ_TRACE=1 timeout ${TRACE_TIMEOUT:-150} python plugins_trt/tools/trace_decode.py --path split \
     --shapes 4096x4096,11008x4096 > "$OUT/trace_split.txt" 2>&1
   echo "trace rc=$? $(( $(date +%s) - start ))s"; cat "$OUT/trace_split.txt"
+  FQ_TRACE=1 timeout ${TRACE_TIMEOUT:-150} python plugins_trt/tools/trace_decode.py --path gemv \
+    --shapes 4096x4096,1024x2048 > "$OUT/trace_gemv.txt" 2>&1
+  echo "trace gemv rc=$? $(( $(date +%s) - start ))s"; cat "$OUT/trace_gemv.txt"
 fi
