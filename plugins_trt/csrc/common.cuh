@@ -768,6 +768,16 @@ __device__ inline void stage_words(void* dst, const void* src, int n) {
     for (int i = 4 * n16 + threadIdx.x; i < n; i += blockDim.x)
         cp_async4(static_cast<uint32_t*>(dst) + i, static_cast<const uint32_t*>(src) + i);
 }
+
+// load_dft's copy of the DFT table (rows dft_pitch(kp) apart), by cp.async; the caller commits and
+// waits. No barrier.
+__device__ inline void load_dft_async(const __half* table, __half* smem, int kp) {
+    const int per_row = kp / 8, pitch = dft_pitch(kp) / 8, n = kp * per_row;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        cp_async16(reinterpret_cast<uint4*>(smem) + (i / per_row) * pitch + i % per_row,
+                   reinterpret_cast<const uint4*>(table) + i);
+}
+
 // Waits for every cp.async this thread issued (a barrier must follow before others read them).
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 

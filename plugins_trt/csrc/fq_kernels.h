@@ -131,8 +131,8 @@ cudaError_t launch_frame_linear_split(const FrameLinearParams& p, const void* x,
 // to finish running the epilogue from tables, z and bias copied to shared memory at once.
 // launch_frame_linear_fused takes it first for one row. cudaErrorNotSupported for rotations with
 // an odd factor, frame blocks wider than 64 or layers whose share does not fit in shared memory.
-// `workspace` holds frame_linear_gemv_workspace_bytes(p) (frame_linear_workspace_bytes(p, 1) is
-// enough); `counter` as for the decode layer.
+// `workspace` holds frame_linear_gemv_workspace_bytes(p) (frame_linear_workspace_bytes(p, 1)
+// covers it); `counter` as for the decode layer.
 size_t frame_linear_gemv_workspace_bytes(const FrameLinearParams& p);
 cudaError_t launch_frame_linear_gemv(const FrameLinearParams& p, const void* x, void* y, int64_t rows, DType dtype,
                                      void* workspace, unsigned int* counter, cudaStream_t stream);

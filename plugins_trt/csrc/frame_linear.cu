@@ -710,7 +710,8 @@ size_t frame_linear_workspace_bytes(const FrameLinearParams& p, int64_t rows) {
                          sizeof(float) * kMaxSplits * rows * p.matmul.out_features;
     const size_t unfused = align256(sizeof(float) * rows * p.matmul.in_features) + sizeof(float) * rows * p.matmul.out_features;
     const size_t split = rows <= kDecodeRows ? frame_linear_split_workspace_bytes(p, rows) : 0;
-    return std::max({fused, unfused, split});
+    const size_t gemv = rows == 1 ? frame_linear_gemv_workspace_bytes(p) : 0;
+    return std::max({fused, unfused, split, gemv});
 }
 
 // The decode kernel; `one_wave`: refuse (cudaErrorNotSupported) rather than run more blocks than SMs.

@@ -61,38 +61,39 @@ template <int BITS> GemvSplit gemv_split(const PackedMatMulParams& m, int sms) {
 struct GemvSmem {
     int codes = 0, c = 0, frag = 0, u = 0, signs_in = 0, dft = 0, gidx = 0, gw = 0, red = 0, front = 0;
     int z = 0, runs = 0, v = 0, dft_t = 0, sbin = 0, sw = 0, signs_out = 0, bias = 0, back = 0;
-    // c_len: c's halves, zero-padded to whole chunks; frag_bytes: its B fragments (build_frags).
-    __host__ __device__ GemvSmem(const FrameLinearParams& p, int code_words_per_unit, int per_block, int c_len,
-                                 int frag_bytes) {
+    int c_len = 0;  // c's halves, zero-padded to whole chunks (build_frags reads them all)
+    template <int BITS> __host__ __device__ static GemvSmem of(const FrameLinearParams& p, const GemvSplit& split) {
+        using L = CodeLayout<BITS>;
+        GemvSmem l;
         const int n = p.in_dim(), m = p.out_dim(), K_in = p.matmul.in_features, K_out = p.matmul.out_features;
-        codes = 0;
-        // Parts hold whole chunks; each row is padded by wpr % 4 words (GemvPitch) and a block holds
-        // at most per_block / nchunks + 2 parts.
-        const int nch = (p.matmul.words_per_row + code_words_per_unit - 1) / code_words_per_unit;
-        const int parts = per_block / nch + 2;
-        c = up16(4 * 16 * (code_words_per_unit * per_block + 4 * parts));
-        u = c + up16(2 * (K_in > c_len ? K_in : c_len));
-        signs_in = u + 4 * padded_floats(n > K_in ? n : K_in);
-        dft = signs_in + up16(p.has_rotation_in ? 4 * n : 0);
-        gidx = dft + (p.has_frame_in ? 4 * dft_floats(p.frame_in.kp) : 0);
+        l.c_len = split.nchunks * L::kChunkWords * L::kCodesPerWord;
+        const int frag_bytes = 32 * split.nchunks * L::kSteps;  // build_frags: 8 bytes per lane and k16 step
+        // A block holds at most per_block / nchunks + 2 parts, each of 16 rows padded by up to 3 words
+        // (the kernel's pitch).
+        const int parts = split.per_block / split.nchunks + 2;
+        l.c = up16(4 * 16 * (L::kChunkWords * split.per_block + 4 * parts));
+        l.u = l.c + up16(2 * (K_in > l.c_len ? K_in : l.c_len));
+        l.signs_in = l.u + 4 * padded_floats(n > K_in ? n : K_in);
+        l.dft = l.signs_in + up16(p.has_rotation_in ? 4 * n : 0);
+        l.gidx = l.dft + (p.has_frame_in ? 4 * dft_floats(p.frame_in.kp) : 0);
         const int gn = p.has_frame_in ? p.frame_in.rho_c * p.frame_in.k : 0;
-        gw = gidx + up16(4 * gn);
-        const int prologue_end = gw + up16(4 * gn);
-        frag = u;  // over the prologue's space once the analysis is done
-        red = frag + up16(frag_bytes);
-        const int red_end = red + 4 * kGemvWarps * kGemvPieces * 16;
-        front = prologue_end > red_end ? prologue_end : red_end;
+        l.gw = l.gidx + up16(4 * gn);
+        const int prologue_end = l.gw + up16(4 * gn);
+        l.frag = l.u;  // over the prologue's space once the analysis is done
+        l.red = l.frag + up16(frag_bytes);
+        const int red_end = l.red + 4 * kGemvWarps * kGemvPieces * 16;
+        l.front = prologue_end > red_end ? prologue_end : red_end;
 
-        z = 0;
-        runs = up16(4 * 2 * K_out);
-        v = runs + up16(4 * (K_out > m ? K_out : m));
-        dft_t = v + 4 * padded_floats(m);
-        sbin = dft_t + (p.has_frame_out ? 4 * dft_floats(p.frame_out.kp) : 0);
+        l.runs = up16(4 * 2 * K_out);
+        l.v = l.runs + up16(4 * (K_out > m ? K_out : m));
+        l.dft_t = l.v + 4 * padded_floats(m);
+        l.sbin = l.dft_t + (p.has_frame_out ? 4 * dft_floats(p.frame_out.kp) : 0);
         const int sn = p.has_frame_out ? 2 * p.frame_out.d_c : 0;
-        sw = sbin + up16(4 * sn);
-        signs_out = sw + up16(4 * sn);
-        bias = signs_out + up16(p.has_rotation_out ? 4 * m : 0);
-        back = bias + up16(p.bias ? 4 * m : 0);
+        l.sw = l.sbin + up16(4 * sn);
+        l.signs_out = l.sw + up16(4 * sn);
+        l.bias = l.signs_out + up16(p.has_rotation_out ? 4 * m : 0);
+        l.back = l.bias + up16(p.bias ? 4 * m : 0);
+        return l;
     }
     __host__ __device__ int bytes() const { return front > back ? front : back; }
 };
@@ -140,15 +141,6 @@ __device__ __forceinline__ void bulk_copy(void*, const void*, unsigned, uint64_t
 __device__ __forceinline__ void proxy_fence_global() {}
 __device__ __forceinline__ void mbar_wait(uint64_t*, unsigned) {}
 #endif
-
-// The kp x kp DFT table (or its transpose) into shared memory with rows dft_pitch(kp) apart, by
-// cp.async (load_dft's layout); no commit.
-__device__ inline void stage_dft(const __half* table, __half* smem, int kp) {
-    const int per_row = kp / 8, pitch = dft_pitch(kp) / 8, n = kp * per_row;
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        cp_async16(reinterpret_cast<uint4*>(smem) + (i / per_row) * pitch + i % per_row,
-                   reinterpret_cast<const uint4*>(table) + i);
-}
 
 // The B fragments of one row of activations, in the order one lane of a quad reads them:
 // frag[(chunk * 4 + q) * kSteps + s] holds lane q's (b0, b1) of k16 step s of that chunk, i.e.
@@ -206,21 +198,6 @@ __device__ __forceinline__ void gemv_tile(const uint32_t* part, int pitch, int r
     }
 }
 
-// x[sp(i)] = (float) src[i], i < n, 16-byte loads where alignment allows; no barrier.
-template <typename T> __device__ inline void load_padded(const T* src, int n, float* x) {
-    constexpr int V = 16 / sizeof(T);
-    if (n % V == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0) {
-        for (int i = threadIdx.x; i < n / V; i += blockDim.x) {
-            const uint4 r = __ldg(reinterpret_cast<const uint4*>(src) + i);
-            const T* v = reinterpret_cast<const T*>(&r);
-#pragma unroll
-            for (int e = 0; e < V; ++e) x[sp(i * V + e)] = to_float(v[e]);
-        }
-    } else {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) x[sp(i)] = to_float(__ldg(src + i));
-    }
-}
-
 template <int BITS, typename T, int KS>
 __global__ void __launch_bounds__(kGemvThreads, 1)
     gemv_frame_linear_kernel(FrameLinearParams p, const T* __restrict__ x, T* __restrict__ y, float* zbuf,
@@ -234,7 +211,7 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
     const int n = p.in_dim(), m = p.out_dim();
     const int K_in = p.matmul.in_features, K_out = p.matmul.out_features, wpr = p.matmul.words_per_row;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const GemvSmem lay(p, CW, split.per_block, split.nchunks * CW * L::kCodesPerWord, 32 * split.nchunks * L::kSteps);
+    const GemvSmem lay = GemvSmem::of<BITS>(p, split);
     uint32_t* scodes = reinterpret_cast<uint32_t*>(gsmem + lay.codes);
     __half* c = reinterpret_cast<__half*>(gsmem + lay.c);
     float* u = reinterpret_cast<float*>(gsmem + lay.u);
@@ -270,7 +247,7 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
         float* gw = reinterpret_cast<float*>(gsmem + lay.gw);
         stage_words(gidx, fin.gather_index, gn);
         stage_words(gw, fin.gather_weight, gn);
-        stage_dft(fin.dft, dft, fin.kp);
+        load_dft_async(fin.dft, dft, fin.kp);
         fin.gather_index = gidx;
         fin.gather_weight = gw;
     }
@@ -310,14 +287,13 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
     // 2. c = T_in^T R_in^T x (R^T x = signs * H x / sqrt(power)), c in fp16, zero-padded to whole
     // chunks for build_frags.
     if (!x_reg) {
-        load_padded(x, n, u);
+        load_row(x, n, u);
     } else if (static_cast<int>(threadIdx.x) < n / V) {
         const T* xv = reinterpret_cast<const T*>(&xr);
 #pragma unroll
         for (int e = 0; e < V; ++e) u[sp(threadIdx.x * V + e)] = to_float(xv[e]);
     }
-    const int c_len = nch * CW * L::kCodesPerWord;
-    for (int i = K_in + threadIdx.x; i < c_len; i += blockDim.x) c[i] = __float2half_rn(0.f);
+    for (int i = K_in + threadIdx.x; i < lay.c_len; i += blockDim.x) c[i] = __float2half_rn(0.f);
     cp_async_wait<1>();
     __syncthreads();
     FQ_STAMP(2);
@@ -421,7 +397,7 @@ __global__ void __launch_bounds__(kGemvThreads, 1)
     if (p.has_frame_out) {
         arrays[1] = {sbin, fout.synth_bin, 2 * fout.d_c};
         arrays[2] = {sw, fout.synth_weight, 2 * fout.d_c};
-        stage_dft(fout.dft_t, reinterpret_cast<__half*>(gsmem + lay.dft_t), fout.kp);
+        load_dft_async(fout.dft_t, reinterpret_cast<__half*>(gsmem + lay.dft_t), fout.kp);
         fout.synth_bin = sbin;
         fout.synth_weight = sw;
     }
@@ -490,9 +466,7 @@ cudaError_t launch_gemv(const FrameLinearParams& p, const T* x, T* y, void* work
     cudaFuncAttributes attr{};
     cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
     if (err != cudaSuccess) return err;
-    using L = CodeLayout<BITS>;
-    const size_t smem = GemvSmem(p, L::kChunkWords, split.per_block, split.nchunks * L::kChunkWords * L::kCodesPerWord,
-                                 32 * split.nchunks * L::kSteps).bytes();
+    const size_t smem = GemvSmem::of<BITS>(p, split).bytes();
     if (smem + attr.sharedSizeBytes > static_cast<size_t>(dev.smem_optin)) return cudaErrorNotSupported;
     err = allow_smem(kernel, smem);
     if (err != cudaSuccess) return err;
