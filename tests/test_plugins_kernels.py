@@ -369,17 +369,18 @@ def dense_weight16(layer):
                                                       ((97, 130), False, False, 2), ((1024, 1024), False, True, 2),
                                                       ((512, 256), False, False, 2), ((1024, 2048), True, True, 4),
                                                       ((2048, 1024), True, True, 8), ((1024, 2048), True, True, 3),
-                                                      ((384, 1536), True, True, 2), ((640, 1280), True, True, 2)])
+                                                      ((384, 1536), True, True, 2), ((640, 1280), True, True, 2),
+                                                      ((4096, 11008), True, True, 2), ((11008, 4096), True, True, 2)])
 def test_effective_weight(h, shape, rotate, frames, bits, by_rows):
     # The dense path's weight, built on the GPU, against FrameQuantLinear.dense_weight (float64,
     # dense frame and rotation operators). by_rows: one weight row at a time (the side-rows
-    # kernel on power-of-two sides: Walsh-Hadamard passes of 16 points on tensor cores, of fewer
-    # points (1024, 2048, 8192) or short rows (128) on CUDA cores, DFT widths over 64 (8192); the
-    # epilogue kernel on sides with an odd factor (384, 768, 1536, 3072, 640, 1280)). auto: the slab
-    # kernels, 8 rows decoded from the codes (2, 4, 8 bits; 3 bits decode apart) and then 8 columns
-    # at a time, on power-of-two sides and sides with the odd factor 3 (planes of the power axis,
-    # the DCT mixed in registers); the odd factor 5 (640, 1280) takes the rows; K_out = 4500 leaves
-    # a partial last slab.
+    # kernel: Walsh-Hadamard passes of 16 points on tensor cores, of fewer points (1024, 2048,
+    # 8192) or short rows (128) on CUDA cores, DFT widths over 64 (8192); with an odd factor (384,
+    # 768, 1536, 3072: 3; 640, 1280: 5; 11008: 43) on planes of the power axis, then the odd mix on
+    # tensor cores). auto: the slab kernels, 8 rows decoded from the codes (2, 4, 8 bits; 3 bits
+    # decode apart) and then 8 columns at a time, on power-of-two sides and sides with the odd
+    # factor 3 (planes of the power axis, the DCT mixed in registers); the odd factors 5 and 43
+    # take the rows; K_out = 4500 leaves a partial last slab.
     in_f, out_f = shape
     layer = random_layer(in_f, out_f, bits=bits, seed=in_f + 2 * out_f, rotate=rotate, frames=frames).to(DEV)
     w = h.effective_weight(layer, by_rows=by_rows)

@@ -9,7 +9,7 @@
 //   F = D_hat P_in^T              (K_out x n)     row i: P_in D_hat_i (the input side's synthesis)
 //   W^T = (P_out F)^T             (n x m)         column j of F -> row j of W^T (the output side's)
 //
-// Where a side allows it (no odd factor in its rotation, widths a multiple of 32, its slabs in
+// Where a side allows it (no odd factor in its rotation but 3, widths a multiple of 32, its slabs in
 // shared memory) each is one launch of the side-columns kernel: the first decodes 8 rows of D_hat
 // from the codes at a time, the second reads 8 columns of F at a time and writes 8 rows of W^T.
 // Otherwise (and with WeightBuild::kRows) by rows:
@@ -19,7 +19,7 @@
 //   G = F^T                       (n x K_out)     tiled transpose
 //   W^T = G P_out^T               (n x m)         row j: P_out G_j
 //
-// with the side-rows kernel on a side without odd factor, else the layer's epilogue kernel.
+// with the side-rows kernel (odd factors up to 64), else the layer's epilogue kernel.
 #include <algorithm>
 
 #include "common.cuh"
@@ -78,10 +78,12 @@ cudaError_t launch_transpose(const __half* in, __half* out, int rows, int cols, 
 
 // ---- one side of the layer over many rows, on tensor cores ---------------------------------
 //
-// y = R T z for every row z (fp16 in and out), T the side's frame synthesis and R its rotation
-// (without odd factor). The epilogue kernel runs each row as a chain of block-wide steps on fp32
+// y = R T z for every row z (fp16 in and out), T the side's frame synthesis and R its rotation.
+// The epilogue kernel runs each row as a chain of block-wide steps on fp32
 // values with barriers in between, and issues about 14k warp instructions per 4096-wide row
-// (H100, ncu). Here one warp owns a row from start to end (no block barrier after the tables) and
+// (H100, ncu). Here one warp owns a row from start to end (no block barrier after the tables;
+// with an odd factor a group of 4 warps, which share each step and meet at a named barrier between
+// steps: one warp took the 11008-wide rows at 880 us where the epilogue kernel takes 581) and
 // every dense step is a tensor-core product on fp16 values in shared memory:
 //   - the per-block DFT, in place over the staged row (A = 16 blocks of the row, B = DFT^T);
 //   - the gather of the synthesis (two taps per coordinate) with the rotation's signs, into v;
@@ -89,7 +91,11 @@ cudaError_t launch_transpose(const __half* in, __half* out, int rows, int cols, 
 //     exact in fp16): the first pass multiplies 16 x 16 tiles of v from the right (ldmatrix),
 //     later passes, along points 2^lo apart, from the left (ldmatrix.trans); passes on fewer than
 //     4 bits, or rows shorter than 256, run on CUDA cores with the scale 2^(-bits/2);
-//   - 16-byte stores of v.
+//   - with an odd factor (11008 = 256 x 43, 768 = 256 x 3): v held as `odd` planes of the power
+//     axis (point i * odd + n in plane n at i, planes power + 8 halves apart), the passes above on
+//     each plane, then the odd mix Y[i, l] = sum_n X[i, n] C[l, n] on tensor cores, 16 points i by
+//     the planes (A gathered from the planes, B the DCT from shared memory), in place;
+//   - 16-byte stores of v (with an odd factor, each lane gathers its 8 outputs from the planes).
 // The next row's z is copied in (cp.async) while the Walsh-Hadamard passes and the store run.
 // Values are rounded to fp16 between steps (the tensor cores' inputs are fp16 either way); the
 // sums are fp32.
@@ -120,6 +126,31 @@ __host__ __device__ inline int side_v_halves(const SideRows& s) { return round_u
 __host__ __device__ inline int side_dft_bytes(const SideRows& s) { return s.has_frame ? 4 * dft_floats(s.f.kp) : 0; }
 __host__ __device__ inline int side_sign_bytes(const SideRows& s) { return s.has_rotation ? 16 * ((s.d + 127) / 128) : 0; }
 __host__ __device__ inline int side_table_bytes(const SideRows& s) { return side_dft_bytes(s) + side_sign_bytes(s); }
+// The side-rows kernel's odd factor: planes of the power axis, power + 8 halves apart (their
+// 16-byte pieces at distinct bank groups for the odd mix's A loads, whose 4 lanes of a row read
+// 4 planes), and the mix's DCT table (stage_odd_mma_table) after the side's tables.
+__host__ __device__ inline int rows_odd(const SideRows& s) { return s.has_rotation ? s.r.odd : 1; }
+__host__ __device__ inline int rows_plane_pitch(const SideRows& s) { return s.r.power + 8; }
+__host__ __device__ inline int rows_v_halves(const SideRows& s) {
+    return rows_odd(s) > 1 ? round_up(rows_odd(s) * rows_plane_pitch(s), 64) : side_v_halves(s);
+}
+__host__ __device__ inline int rows_table_bytes(const SideRows& s) {
+    return side_table_bytes(s) + (rows_odd(s) > 1 ? 4 * odd_mma_floats(rows_odd(s)) : 0);
+}
+
+// The warps that share one row (a group, kRowGroupWarps of them with an odd factor, else one):
+// part is this warp's index in the group; sync() orders the group's shared-memory accesses (a
+// named barrier per group, or the warp's own).
+constexpr int kRowGroupWarps = 4;
+struct RowGroup {
+    int part = 0, parts = 1, id = 0;
+    __device__ int thread() const { return part * 32 + (threadIdx.x & 31); }
+    __device__ int threads() const { return parts * 32; }
+    __device__ __forceinline__ void sync() const {
+        if (parts == 1) __syncwarp();
+        else asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(parts * 32) : "memory");
+    }
+};
 
 // v's values live in shared memory with their 16-byte chunks permuted inside each group of 8:
 // chunk c is stored at c ^ (bit 3 of c) ^ (bits 5-7 of c). The 8 rows of each 8 x 8 ldmatrix
@@ -249,10 +280,10 @@ __device__ __forceinline__ void mma_tile_ldsm(float acc[4], const uint32_t (&a)[
 // time, A fragments all loaded before the block's outputs are written. dft: DFT^T in shared
 // memory (load_dft). No sync at the end.
 template <int KS>
-__device__ inline void warp_dft_in_place(const FrameParams& f, __half* z, const __half* dft) {
+__device__ inline void warp_dft_in_place(const FrameParams& f, __half* z, const __half* dft, const RowGroup& grp) {
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const int two_k = 2 * f.k, ksteps = f.kp / 16, pitch = dft_pitch(f.kp), ntiles = (two_k + 7) / 8;
-    for (int run0 = 0; run0 < f.rho_c; run0 += 16) {
+    for (int run0 = 16 * grp.part; run0 < f.rho_c; run0 += 16 * grp.parts) {
         uint32_t a[KS][4];
 #pragma unroll
         for (int s = 0; s < KS; ++s) {
@@ -278,23 +309,41 @@ __device__ inline void warp_dft_in_place(const FrameParams& f, __half* z, const 
     }
 }
 
+// Where point e of a row lives in v: vswz(e), or with an odd factor plane e % odd at e / odd.
+struct RowPlanes {
+    int odd = 1, pitch = 0;
+    float inv_odd = 1.f;  // (e + 0.5) / odd truncates to e / odd for e < 2^20
+    __device__ explicit RowPlanes(const SideRows& s)
+        : odd(rows_odd(s)), pitch(rows_plane_pitch(s)), inv_odd(1.f / static_cast<float>(rows_odd(s))) {}
+    __device__ __forceinline__ int point(int e) const { return static_cast<int>((static_cast<float>(e) + 0.5f) * inv_odd); }
+    __device__ __forceinline__ int at(int i, int n) const { return n * pitch + vswz(i); }
+};
+
 // v (coordinate pairs 2j, 2j + 1) <- the synthesis gather of the DFT'd row z, or z itself without
 // a frame, with the rotation's signs (bits; null: none). No sync.
-__device__ inline void warp_gather(const SideRows& s, const __half* z, __half* v, const uint32_t* bits) {
-    const int lane = threadIdx.x & 31;
+__device__ inline void warp_gather(const SideRows& s, const __half* z, __half* v, const uint32_t* bits,
+                                   const RowGroup& grp) {
+    const int lane = grp.thread(), T = grp.threads();
     const SignFold signs{bits, 1.f};
+    const RowPlanes pl(s);
     auto put = [&](int j, float re, float im) {
         signs.apply(j, re, im);
-        st_half2(v + vswz(2 * j), re, im);
+        if (pl.odd == 1) {
+            st_half2(v + vswz(2 * j), re, im);
+        } else {  // points 2j and 2j + 1: neighbouring planes, or the last plane and plane 0 of i + 1
+            const int i = pl.point(2 * j), n = 2 * j - i * pl.odd;
+            v[pl.at(i, n)] = __float2half_rn(re);
+            v[n + 1 < pl.odd ? pl.at(i, n + 1) : pl.at(i + 1, 0)] = __float2half_rn(im);
+        }
     };
     if (!s.has_frame) {
-        for (int j = lane; j < s.d / 2; j += 32) {
+        for (int j = lane; j < s.d / 2; j += T) {
             const float2 x = __half22float2(*reinterpret_cast<const __half2*>(z + 2 * j));
             put(j, x.x, x.y);
         }
         return;
     }
-    // Coordinates j = lane + 32 (U i + u): the next U coordinates' table entries are loaded
+    // Coordinates j = lane + T (U i + u) (T: the group's threads): the next U coordinates' table entries are loaded
     // while this U's row values are read and combined (the table loads wait on L1 / L2, the row
     // reads on them).
     const int dc = s.f.d_c;
@@ -304,7 +353,7 @@ __device__ inline void warp_gather(const SideRows& s, const __half* z, __half* v
     auto tables = [&](int base) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int j = base + 32 * u;
+            const int j = base + T * u;
             const bool ok = j < dc;
             b0[u] = ok ? __ldg(s.f.synth_bin + j) : 0;
             b1[u] = ok ? __ldg(s.f.synth_bin + dc + j) : 0;
@@ -313,15 +362,15 @@ __device__ inline void warp_gather(const SideRows& s, const __half* z, __half* v
         }
     };
     tables(lane);
-    for (int base = lane; base < dc; base += 32 * U) {
+    for (int base = lane; base < dc; base += T * U) {
         int c0[U], c1[U];
         float v0[U], v1[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) c0[u] = b0[u], c1[u] = b1[u], v0[u] = w0[u], v1[u] = w1[u];
-        if (base + 32 * U < dc) tables(base + 32 * U);
+        if (base + T * U < dc) tables(base + T * U);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int j = base + 32 * u;
+            const int j = base + T * u;
             if (j < dc) {
                 const float2 x0 = __half22float2(*reinterpret_cast<const __half2*>(z + 2 * c0[u]));
                 const float2 x1 = __half22float2(*reinterpret_cast<const __half2*>(z + 2 * c1[u]));
@@ -331,89 +380,159 @@ __device__ inline void warp_gather(const SideRows& s, const __half* z, __half* v
     }
 }
 
+// The odd mix in place over the planes of v: Y[i, l] = sum_n X[i, n] C[l, n] (table: the DCT as
+// stage_odd_mma_table's forward B), 16 points i per product. A tile's A fragments are all in
+// registers before its outputs overwrite the same points; the group's warps take every parts-th
+// tile. No sync.
+__device__ inline void warp_odd_mix(const RowPlanes& pl, __half* v, int power, const __half* table, const RowGroup& grp) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int odd = pl.odd, pad = odd_mma_pad(odd), tpitch = odd_mma_pitch(odd), ksteps = pad / 16;
+    auto pair = [&](int i, int k) {  // X[i, k], X[i, k + 1] (zero beyond odd)
+        const __half lo = k < odd ? v[pl.at(i, k)] : __float2half_rn(0.f);
+        const __half hi = k + 1 < odd ? v[pl.at(i, k + 1)] : __float2half_rn(0.f);
+        return static_cast<uint32_t>(__half_as_ushort(lo)) | (static_cast<uint32_t>(__half_as_ushort(hi)) << 16);
+    };
+    for (int i0 = 16 * grp.part + g; i0 < power; i0 += 16 * grp.parts) {
+        const int i1 = i0 + 8;
+        uint32_t a[kOddMmaMax / 16][4];
+#pragma unroll
+        for (int st = 0; st < kOddMmaMax / 16; ++st) {
+            if (st < ksteps) {
+                const int k = 16 * st + 2 * q;
+                a[st][0] = pair(i0, k), a[st][1] = pair(i1, k), a[st][2] = pair(i0, k + 8), a[st][3] = pair(i1, k + 8);
+            }
+        }
+        for (int nt = 0; nt < pad / 8; ++nt) {
+            float acc[4];
+            mma_tile(acc, a, table, tpitch, nt, ksteps);
+            const int col = nt * 8 + 2 * q;
+            if (col < odd) {
+                v[pl.at(i0, col)] = __float2half_rn(acc[0]);
+                v[pl.at(i1, col)] = __float2half_rn(acc[2]);
+            }
+            if (col + 1 < odd) {
+                v[pl.at(i0, col + 1)] = __float2half_rn(acc[1]);
+                v[pl.at(i1, col + 1)] = __float2half_rn(acc[3]);
+            }
+        }
+    }
+}
+
 template <int KS>
 __global__ void __launch_bounds__(kSideMaxWarps * 32)
-    side_rows_kernel(SideRows s, const __half* __restrict__ z, int64_t ldz, __half* y, int64_t ldy, int64_t rows) {
+    side_rows_kernel(SideRows s, const __half* __restrict__ z, int64_t ldz, __half* y, int64_t ldy, int64_t rows,
+                     int group_warps) {
     extern __shared__ __align__(16) unsigned char side_smem[];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int warp = threadIdx.x >> 5, groups = (blockDim.x >> 5) / group_warps, group = warp / group_warps;
+    const RowGroup grp{warp % group_warps, group_warps, 1 + group};
+    const int t = grp.thread(), T = grp.threads();
     __half* dft = reinterpret_cast<__half*>(side_smem);
     uint32_t* bits = reinterpret_cast<uint32_t*>(side_smem + side_dft_bytes(s));
-    const int zh = side_z_halves(s), vh = side_v_halves(s);
-    __half* zb = reinterpret_cast<__half*>(side_smem + side_table_bytes(s)) + static_cast<int64_t>(warp) * (zh + vh);
+    __half* odd_table = reinterpret_cast<__half*>(side_smem + side_table_bytes(s));
+    const RowPlanes pl(s);
+    const int zh = side_z_halves(s), vh = rows_v_halves(s);
+    __half* zb = reinterpret_cast<__half*>(side_smem + rows_table_bytes(s)) + static_cast<int64_t>(group) * (zh + vh);
     __half* vb = zb + zh;
-    const int64_t stride = static_cast<int64_t>(gridDim.x) * nwarps;
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * groups;
     const int chunks = (s.k_len + 7) / 8;
     auto fetch = [&](int64_t row) {  // z row -> zb (16-byte pieces; rows are ldz >= 8 chunks apart)
         if (row < rows) {
 #pragma unroll 4
-            for (int c = lane; c < chunks; c += 32) cp_async16(zb + 8 * c, z + row * ldz + 8 * c);
+            for (int c = t; c < chunks; c += T) cp_async16(zb + 8 * c, z + row * ldz + 8 * c);
         }
         cp_async_commit();
     };
-    int64_t row = static_cast<int64_t>(blockIdx.x) * nwarps + warp;
+    int64_t row = static_cast<int64_t>(blockIdx.x) * groups + group;
     fetch(row);
     if (s.has_rotation) stage_sign_bits(bits, s.r.signs, s.d);
-    if (s.has_frame) load_dft(s.f.dft_t, dft, s.f.kp);  // ends with a barrier (the sign bits too)
+    if (pl.odd > 1) stage_odd_mma_table(odd_table, s.r.dct, pl.odd, false);
+    if (s.has_frame) load_dft(s.f.dft_t, dft, s.f.kp);  // ends with a barrier (the tables above too)
     else __syncthreads();
     uint32_t h[4];
     h16_fragments(h);
     const int log2n = s.has_rotation ? __ffs(s.r.power) - 1 : 0;
     for (; row < rows; row += stride) {
         cp_async_wait_all();
-        __syncwarp();
+        grp.sync();  // the group's copies of z in
         if (s.has_frame) {
-            warp_dft_in_place<KS>(s.f, zb, dft);
-            __syncwarp();
+            warp_dft_in_place<KS>(s.f, zb, dft, grp);
+            grp.sync();
         }
-        warp_gather(s, zb, vb, s.has_rotation ? bits : nullptr);
-        __syncwarp();
+        warp_gather(s, zb, vb, s.has_rotation ? bits : nullptr, grp);
+        grp.sync();
         fetch(row + stride);  // zb is free until the next row
+        // Each warp's planes (every parts-th), pass after pass; one plane without an odd factor.
         for (int lo = 0; lo < log2n; lo += 4) {
             const int r = min(4, log2n - lo);
-            if (r == 4 && s.r.power >= 256) wht_pass16(vb, s.r.power, lo, h);
-            else wht_pass_scalar(vb, s.r.power, lo, r, exp2f(-0.5f * r));
+            for (int n = grp.part; n < pl.odd; n += grp.parts) {
+                __half* plane = vb + n * pl.pitch;
+                if (r == 4 && s.r.power >= 256) wht_pass16(plane, s.r.power, lo, h);
+                else wht_pass_scalar(plane, s.r.power, lo, r, exp2f(-0.5f * r));
+            }
             __syncwarp();
         }
         __half* out = y + row * ldy;
+        if (pl.odd == 1) {
 #pragma unroll 4
-        for (int c = lane; c < s.d / 8; c += 32)
-            *reinterpret_cast<uint4*>(out + 8 * c) = *reinterpret_cast<const uint4*>(vb + vswz(8 * c));
-        __syncwarp();  // v read before the next row's gather writes it
+            for (int c = t; c < s.d / 8; c += T)
+                *reinterpret_cast<uint4*>(out + 8 * c) = *reinterpret_cast<const uint4*>(vb + vswz(8 * c));
+        } else {
+            grp.sync();
+            warp_odd_mix(pl, vb, s.r.power, odd_table, grp);
+            grp.sync();
+            for (int c = t; c < s.d / 8; c += T) {  // points 8c .. 8c + 7 from their planes
+                int i = pl.point(8 * c), n = 8 * c - i * pl.odd;
+                uint16_t e[8];
+#pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                    e[u] = __half_as_ushort(vb[pl.at(i, n)]);
+                    if (++n == pl.odd) n = 0, ++i;
+                }
+                *reinterpret_cast<uint4*>(out + 8 * c) =
+                    make_uint4(e[0] | (e[1] << 16), e[2] | (e[3] << 16), e[4] | (e[5] << 16), e[6] | (e[7] << 16));
+            }
+        }
+        grp.sync();  // v read before the next row's gather writes it
     }
     cp_async_wait_all();
 }
 
-// The side-rows kernel where the side and buffers allow it: z rows ldz halves apart (16-byte
-// aligned, ldz >= the row rounded up to 8), y rows ldy apart (16-byte aligned), d a multiple of 8,
-// no odd factor, DFT widths of at most 128, one warp's buffers in shared memory. Returns
-// cudaErrorNotSupported (nothing launched) otherwise.
-// What the side-rows and side-columns kernels take of a side: a rotation without odd factor over the
-// whole side, DFT widths of at most 128.
-// max_odd: the largest odd factor the caller handles (the side-rows kernel none, 1).
+// What the side-rows and side-columns kernels take of a side: a rotation over the whole side with
+// an odd factor of at most max_odd, DFT widths of at most 128.
+// max_odd: the largest odd factor the caller handles (the side-rows kernel 64, the side-columns
+// kernel 3).
 bool side_on_tensor_cores(const SideRows& s, int max_odd = 1) {
     return !((s.has_rotation && (s.r.odd > max_odd || s.r.power * s.r.odd != s.d)) ||
              (s.has_frame && (s.f.kp > 128 || s.f.d() != s.d)));
 }
 bool misaligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) != 0; }
 
+// The side-rows kernel where the side and buffers allow it: z rows ldz halves apart (16-byte
+// aligned, ldz >= the row rounded up to 8), y rows ldy apart (16-byte aligned), d a multiple of 8,
+// an odd factor of at most 64 (the mix's tensor-core table) over a power axis of 16 or more, DFT
+// widths of at most 128, one warp's buffers in shared memory. Returns cudaErrorNotSupported
+// (nothing launched) otherwise.
 cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __half* y, int64_t ldy, int64_t rows,
                              cudaStream_t stream) {
-    if (!side_on_tensor_cores(s) || s.d % 8 || ldz % 8 || ldy % 8 || ldz < round_up(s.k_len, 8) || ldy < s.d ||
-        misaligned16(z) || misaligned16(y))
+    if (!side_on_tensor_cores(s, kOddMmaMax) || (rows_odd(s) > 1 && s.r.power % 16) || s.d % 8 || ldz % 8 ||
+        ldy % 8 || ldz < round_up(s.k_len, 8) || ldy < s.d || misaligned16(z) || misaligned16(y))
         return cudaErrorNotSupported;
     if (rows <= 0) return cudaSuccess;
     const DeviceLimits dev = device_limits();
     const int optin = dev.smem_optin, sms = dev.sms;
-    const int64_t per_warp = 2 * static_cast<int64_t>(side_z_halves(s) + side_v_halves(s));
-    int64_t warps = (optin - side_table_bytes(s)) / per_warp;
-    warps = std::min<int64_t>({warps, kSideMaxWarps, (rows + sms - 1) / sms});
-    if (warps < 1) return cudaErrorNotSupported;
-    const size_t bytes = side_table_bytes(s) + warps * per_warp;
-    const int64_t grid = std::min<int64_t>(sms, (rows + warps - 1) / warps);
+    // Rows in flight: one per group of warps, each with its buffers.
+    const int group_warps = rows_odd(s) > 1 ? kRowGroupWarps : 1;
+    const int64_t per_group = 2 * static_cast<int64_t>(side_z_halves(s) + rows_v_halves(s));
+    int64_t groups = (optin - rows_table_bytes(s)) / per_group;
+    groups = std::min<int64_t>({groups, kSideMaxWarps / group_warps, (rows + sms - 1) / sms});
+    if (groups < 1) return cudaErrorNotSupported;
+    const size_t bytes = rows_table_bytes(s) + groups * per_group;
+    const int64_t grid = std::min<int64_t>(sms, (rows + groups - 1) / groups);
     auto kernel = (!s.has_frame || s.f.kp <= 64) ? side_rows_kernel<4> : side_rows_kernel<8>;
     cudaError_t err = allow_smem(kernel, bytes);
     if (err != cudaSuccess) return err;
-    kernel<<<static_cast<int>(grid), static_cast<int>(warps * 32), bytes, stream>>>(s, z, ldz, y, ldy, rows);
+    kernel<<<static_cast<int>(grid), static_cast<int>(groups * group_warps * 32), bytes, stream>>>(s, z, ldz, y, ldy,
+                                                                                                 rows, group_warps);
     return cudaGetLastError();
 }
 
