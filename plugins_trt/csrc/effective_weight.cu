@@ -83,7 +83,8 @@ cudaError_t launch_transpose(const __half* in, __half* out, int rows, int cols, 
 // values with barriers in between, and issues about 14k warp instructions per 4096-wide row
 // (H100, ncu). Here one warp owns a row from start to end (no block barrier after the tables;
 // with an odd factor a group of 4 warps, which share each step and meet at a named barrier between
-// steps: one warp took the 11008-wide rows at 880 us where the epilogue kernel takes 581) and
+// steps: on the H200 the 11008-wide side of 4096x11008 at 4096 rows took about 880 us with one warp
+// per row, 352 us (ncu) with a group, against 581 us for the epilogue kernel) and
 // every dense step is a tensor-core product on fp16 values in shared memory:
 //   - the per-block DFT, in place over the staged row (A = 16 blocks of the row, B = DFT^T);
 //   - the gather of the synthesis (two taps per coordinate) with the rotation's signs, into v;
