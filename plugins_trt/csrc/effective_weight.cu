@@ -189,8 +189,9 @@ __device__ __forceinline__ void h16_fragments(uint32_t (&h)[4]) {
 // A radix-16 pass over the 16 points 2^lo apart (lo = 0: v (as 16 x 16 tiles) times H / 4; lo >= 4:
 // H / 4 times 16 x 16 tiles of points 2^lo apart by 16 consecutive columns). h: the fragments of
 // H / 4 (as A: rows g, g + 8 by columns 2q, 2q + 8; as B the same registers, H being symmetric).
-// power >= 256 and, for lo >= 4, power >= 2^(lo + 4). The next tile is loaded before this one's
-// products (tiles are disjoint). No sync.
+// power >= 256 and, for lo >= 4, power >= 2^(lo + 4). `planes` rows of `power` points,
+// plane_stride halves apart, one after the other (the planes of an odd factor). The next tile is
+// loaded before this one's products (tiles are disjoint). No sync.
 //
 // Addresses: a tile's rows are `step` points apart (16, or 2^lo), a lane reads row lrow at column
 // lcol and writes rows g and g + 8 at columns 2q and 2q + 8. Tile t starts at
@@ -199,25 +200,29 @@ __device__ __forceinline__ void h16_fragments(uint32_t (&h)[4]) {
 // 6 and 8-10 folded) << 3, which is linear in the bits: so a lane's address is the tile base XOR
 // vswz of its own offset XOR 8 times the tile's swizzle bits. The writes at column 2q + 8 toggle bit 3, those of row g + 8 add
 // 8 step (a bit above the swizzle's, set without carry).
-__device__ __forceinline__ void wht_pass16(__half* v, int power, int lo, const uint32_t (&h)[4]) {
+__device__ __forceinline__ void wht_pass16(__half* v, int power, int lo, const uint32_t (&h)[4], int planes = 1,
+                                           int plane_stride = 0) {
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     // ldmatrix.x4: lanes 8m .. 8m + 7 address the rows of piece m = (rows 0-7 | 8-15) x (cols 0-7 | 8-15).
     const int lrow = (lane & 7) + 8 * ((lane >> 3) & 1), lcol = 8 * (lane >> 4);
-    const int tiles = power >> 8;
+    const int tiles = power >> 8, tiles_log2 = __ffs(tiles) - 1, total = tiles * planes;
+    if (total <= 0) return;  // a warp of a group with no plane (odd factor below the group's warps)
     const bool right = lo == 0;
     const int step = right ? 16 : 1 << lo, cg = lo > 4 ? lo - 4 : 0, cmask = (1 << cg) - 1;
     const int lane_in = vswz(lrow * step + lcol), lane_out = vswz(g * step + 2 * q);
     auto base = [&](int t) { return ((t >> cg) << (lo + 4)) + ((t & cmask) << 4); };
     auto swz = [](int b) { return ((((b >> 6) & 1) ^ ((b >> 8) & 7)) << 3); };  // the tile's part of vswz
-    auto load = [&](uint32_t (&f)[4], int t) {
-        const int b = right ? 256 * t : base(t);
-        ldmatrix_x4(f, v + (b ^ lane_in ^ swz(b)), !right);
+    // Item k: tile k % tiles of plane k / tiles.
+    auto row_of = [&](int k) { return v + (k >> tiles_log2) * plane_stride; };
+    auto load = [&](uint32_t (&f)[4], int k) {
+        const int t = k & (tiles - 1), b = right ? 256 * t : base(t);
+        ldmatrix_x4(f, row_of(k) + (b ^ lane_in ^ swz(b)), !right);
     };
     uint32_t next[4];
     load(next, 0);
-    for (int t = 0; t < tiles; ++t) {
+    for (int k = 0; k < total; ++k) {
         uint32_t f[4] = {next[0], next[1], next[2], next[3]};
-        if (t + 1 < tiles) load(next, t + 1);
+        if (k + 1 < total) load(next, k + 1);
         float d0[4] = {0.f, 0.f, 0.f, 0.f}, d1[4] = {0.f, 0.f, 0.f, 0.f};
         if (right) {
             mma16816(d0, f, h[0], h[2]);  // output columns 0-7: B rows k 2q.., 2q + 8.. of column g
@@ -226,12 +231,13 @@ __device__ __forceinline__ void wht_pass16(__half* v, int power, int lo, const u
             mma16816(d0, h, f[0], f[1]);  // columns 0-7 of the tile
             mma16816(d1, h, f[2], f[3]);  // columns 8-15
         }
-        const int b = right ? 256 * t : base(t);
+        const int t = k & (tiles - 1), b = right ? 256 * t : base(t);
         const int o = b ^ lane_out ^ swz(b), o8 = o + 8 * step;
-        st_half2(v + o, d0[0], d0[1]);
-        st_half2(v + o8, d0[2], d0[3]);
-        st_half2(v + (o ^ 8), d1[0], d1[1]);
-        st_half2(v + (o8 ^ 8), d1[2], d1[3]);
+        __half* row = row_of(k);
+        st_half2(row + o, d0[0], d0[1]);
+        st_half2(row + o8, d0[2], d0[3]);
+        st_half2(row + (o ^ 8), d1[0], d1[1]);
+        st_half2(row + (o8 ^ 8), d1[2], d1[3]);
     }
 }
 
@@ -332,9 +338,9 @@ __device__ inline void warp_gather(const SideRows& s, const __half* z, __half* v
         if (pl.odd == 1) {
             st_half2(v + vswz(2 * j), re, im);
         } else {  // points 2j and 2j + 1: neighbouring planes, or the last plane and plane 0 of i + 1
-            const int i = pl.point(2 * j), n = 2 * j - i * pl.odd;
-            v[pl.at(i, n)] = __float2half_rn(re);
-            v[n + 1 < pl.odd ? pl.at(i, n + 1) : pl.at(i + 1, 0)] = __float2half_rn(im);
+            const int i = pl.point(2 * j), n = 2 * j - i * pl.odd, at = n * pl.pitch + vswz(i);
+            v[at] = __float2half_rn(re);
+            v[n + 1 < pl.odd ? at + pl.pitch : vswz(i + 1)] = __float2half_rn(im);
         }
     };
     if (!s.has_frame) {
@@ -388,32 +394,33 @@ __device__ inline void warp_gather(const SideRows& s, const __half* z, __half* v
 __device__ inline void warp_odd_mix(const RowPlanes& pl, __half* v, int power, const __half* table, const RowGroup& grp) {
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const int odd = pl.odd, pad = odd_mma_pad(odd), tpitch = odd_mma_pitch(odd), ksteps = pad / 16;
-    auto pair = [&](int i, int k) {  // X[i, k], X[i, k + 1] (zero beyond odd)
-        const __half lo = k < odd ? v[pl.at(i, k)] : __float2half_rn(0.f);
-        const __half hi = k + 1 < odd ? v[pl.at(i, k + 1)] : __float2half_rn(0.f);
+    auto pair = [&](int sw, int k) {  // X[i, k], X[i, k + 1] (zero beyond odd), sw = vswz(i)
+        const __half lo = k < odd ? v[k * pl.pitch + sw] : __float2half_rn(0.f);
+        const __half hi = k + 1 < odd ? v[(k + 1) * pl.pitch + sw] : __float2half_rn(0.f);
         return static_cast<uint32_t>(__half_as_ushort(lo)) | (static_cast<uint32_t>(__half_as_ushort(hi)) << 16);
     };
     for (int i0 = 16 * grp.part + g; i0 < power; i0 += 16 * grp.parts) {
-        const int i1 = i0 + 8;
+        const int s0 = vswz(i0), s1 = vswz(i0 + 8);
         uint32_t a[kOddMmaMax / 16][4];
 #pragma unroll
         for (int st = 0; st < kOddMmaMax / 16; ++st) {
             if (st < ksteps) {
                 const int k = 16 * st + 2 * q;
-                a[st][0] = pair(i0, k), a[st][1] = pair(i1, k), a[st][2] = pair(i0, k + 8), a[st][3] = pair(i1, k + 8);
+                a[st][0] = pair(s0, k), a[st][1] = pair(s1, k), a[st][2] = pair(s0, k + 8), a[st][3] = pair(s1, k + 8);
             }
         }
         for (int nt = 0; nt < pad / 8; ++nt) {
             float acc[4];
             mma_tile(acc, a, table, tpitch, nt, ksteps);
             const int col = nt * 8 + 2 * q;
+            const int at = col * pl.pitch;
             if (col < odd) {
-                v[pl.at(i0, col)] = __float2half_rn(acc[0]);
-                v[pl.at(i1, col)] = __float2half_rn(acc[2]);
+                v[at + s0] = __float2half_rn(acc[0]);
+                v[at + s1] = __float2half_rn(acc[2]);
             }
             if (col + 1 < odd) {
-                v[pl.at(i0, col + 1)] = __float2half_rn(acc[1]);
-                v[pl.at(i1, col + 1)] = __float2half_rn(acc[3]);
+                v[at + pl.pitch + s0] = __float2half_rn(acc[1]);
+                v[at + pl.pitch + s1] = __float2half_rn(acc[3]);
             }
         }
     }
@@ -465,10 +472,12 @@ __global__ void __launch_bounds__(kSideMaxWarps * 32)
         // Each warp's planes (every parts-th), pass after pass; one plane without an odd factor.
         for (int lo = 0; lo < log2n; lo += 4) {
             const int r = min(4, log2n - lo);
-            for (int n = grp.part; n < pl.odd; n += grp.parts) {
-                __half* plane = vb + n * pl.pitch;
-                if (r == 4 && s.r.power >= 256) wht_pass16(plane, s.r.power, lo, h);
-                else wht_pass_scalar(plane, s.r.power, lo, r, exp2f(-0.5f * r));
+            const int planes = (pl.odd - grp.part + grp.parts - 1) / grp.parts;
+            if (r == 4 && s.r.power >= 256) {
+                wht_pass16(vb + grp.part * pl.pitch, s.r.power, lo, h, planes, grp.parts * pl.pitch);
+            } else {
+                for (int n = grp.part; n < pl.odd; n += grp.parts)
+                    wht_pass_scalar(vb + n * pl.pitch, s.r.power, lo, r, exp2f(-0.5f * r));
             }
             __syncwarp();
         }
@@ -482,12 +491,13 @@ __global__ void __launch_bounds__(kSideMaxWarps * 32)
             warp_odd_mix(pl, vb, s.r.power, odd_table, grp);
             grp.sync();
             for (int c = t; c < s.d / 8; c += T) {  // points 8c .. 8c + 7 from their planes
-                int i = pl.point(8 * c), n = 8 * c - i * pl.odd;
+                int i = pl.point(8 * c), n = 8 * c - i * pl.odd, at = pl.at(i, n);
                 uint16_t e[8];
 #pragma unroll
                 for (int u = 0; u < 8; ++u) {
-                    e[u] = __half_as_ushort(vb[pl.at(i, n)]);
-                    if (++n == pl.odd) n = 0, ++i;
+                    e[u] = __half_as_ushort(vb[at]);
+                    if (++n == pl.odd) n = 0, at = vswz(++i);
+                    else at += pl.pitch;
                 }
                 *reinterpret_cast<uint4*>(out + 8 * c) =
                     make_uint4(e[0] | (e[1] << 16), e[2] | (e[3] << 16), e[4] | (e[5] << 16), e[6] | (e[7] << 16));
