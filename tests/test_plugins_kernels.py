@@ -377,10 +377,13 @@ def test_effective_weight(h, shape, rotate, frames, bits, by_rows):
     # kernel: Walsh-Hadamard passes of 16 points on tensor cores, of fewer points (1024, 2048,
     # 8192) or short rows (128) on CUDA cores, DFT widths over 64 (8192); with an odd factor (384,
     # 768, 1536, 3072: 3; 640, 1280: 5; 11008: 43) on planes of the power axis, then the odd mix on
-    # tensor cores). auto: the slab kernels, 8 rows decoded from the codes (2, 4, 8 bits; 3 bits
-    # decode apart) and then 8 columns at a time, on power-of-two sides and sides with the odd
+    # tensor cores; the input side decodes D_hat's rows from 2-, 4- and 8-bit codes in the kernel,
+    # 3 bits decode apart). auto: the slab kernels, 8 rows decoded from the codes (2, 4, 8 bits; 3
+    # bits decode apart) and then 8 columns at a time, on power-of-two sides and sides with the odd
     # factor 3 (planes of the power axis, the DCT mixed in registers); the odd factors 5 and 43
-    # take the rows; K_out = 4500 leaves a partial last slab.
+    # take the rows (where the input side takes slabs, its pass writes F transposed for them:
+    # 4096x11008, and 1024x8192 whose 8192 side's slabs exceed shared memory); K_out = 4500 leaves
+    # a partial last slab.
     in_f, out_f = shape
     layer = random_layer(in_f, out_f, bits=bits, seed=in_f + 2 * out_f, rotate=rotate, frames=frames).to(DEV)
     w = h.effective_weight(layer, by_rows=by_rows)

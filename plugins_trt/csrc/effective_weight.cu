@@ -12,14 +12,16 @@
 // Where a side allows it (no odd factor in its rotation but 3, widths a multiple of 32, its slabs in
 // shared memory) each is one launch of the side-columns kernel: the first decodes 8 rows of D_hat
 // from the codes at a time, the second reads 8 columns of F at a time and writes 8 rows of W^T.
-// Otherwise (and with WeightBuild::kRows) by rows:
+// Where only the input side allows it, the first writes G = F^T (below) directly, for the
+// side-rows pass of the output side. Otherwise (and with WeightBuild::kRows) by rows:
 //
 //   A = D_hat                     (K_out x K_in)  decoded from the codes (rows 64-aligned)
 //   F = A P_in^T                  (K_out x n)     row i: P_in A_i
 //   G = F^T                       (n x K_out)     tiled transpose
 //   W^T = G P_out^T               (n x m)         row j: P_out G_j
 //
-// with the side-rows kernel (odd factors up to 64), else the layer's epilogue kernel.
+// with the side-rows kernel (odd factors up to 64; for F it decodes A's rows itself from 2-, 4-
+// or 8-bit codes, so A is not written), else the layer's epilogue kernel.
 #include <algorithm>
 
 #include "common.cuh"
@@ -426,10 +428,45 @@ __device__ inline void warp_odd_mix(const RowPlanes& pl, __half* v, int power, c
     }
 }
 
+// Words of a row's codes a group stages when the side-rows kernel decodes its rows (dec.codes set),
+// rounded to 16 bytes; none otherwise.
+__host__ __device__ inline int rows_stage_words(const PackedMatMulParams& dec) {
+    return dec.codes ? round_up(dec.words_per_row, 4) : 0;
+}
+
+// zb[0 .. 32 words_per_row / bits) <- row `row` of D_hat from its staged code words, as the dense
+// dequantization writes it (scale (code - zero), rounded to fp16): one word per thread at a time,
+// its codes as 16-byte (8-byte for 8 bits) stores. Codes past in_features decode too (zb holds
+// them: round_up(K, 64) halves; nothing reads them). No sync.
+__device__ inline void rows_decode(const PackedMatMulParams& dec, const uint32_t* stage, __half* zb, int64_t row,
+                                   const RowGroup& grp) {
+    const float scale = __half2float(dec.scale[row]), zero = __half2float(dec.zero[row]);
+    const int bits = dec.bits, codes = 32 / bits;
+    const uint32_t mask = (1u << bits) - 1u;
+    auto value = [&](uint32_t word, int j) {
+        return scale * (static_cast<float>((word >> (bits * j)) & mask) - zero);
+    };
+    for (int w = grp.thread(); w < dec.words_per_row; w += grp.threads()) {
+        const uint32_t word = stage[w];
+        __half* out = zb + w * codes;
+        for (int j0 = 0; j0 < codes; j0 += 8) {
+            if (codes >= 8) {
+                *reinterpret_cast<uint4*>(out + j0) =
+                    make_uint4(pack_half2(value(word, j0), value(word, j0 + 1)), pack_half2(value(word, j0 + 2), value(word, j0 + 3)),
+                               pack_half2(value(word, j0 + 4), value(word, j0 + 5)), pack_half2(value(word, j0 + 6), value(word, j0 + 7)));
+            } else {  // 8 bits: 4 codes
+                *reinterpret_cast<uint2*>(out) =
+                    make_uint2(pack_half2(value(word, 0), value(word, 1)), pack_half2(value(word, 2), value(word, 3)));
+            }
+        }
+    }
+}
+
+// dec.codes set: z is not read; row r's z is decoded from dec's codes (row r of D_hat).
 template <int KS>
 __global__ void __launch_bounds__(kSideMaxWarps * 32)
     side_rows_kernel(SideRows s, const __half* __restrict__ z, int64_t ldz, __half* y, int64_t ldy, int64_t rows,
-                     int group_warps) {
+                     int group_warps, PackedMatMulParams dec) {
     extern __shared__ __align__(16) unsigned char side_smem[];
     const int warp = threadIdx.x >> 5, groups = (blockDim.x >> 5) / group_warps, group = warp / group_warps;
     const RowGroup grp{warp % group_warps, group_warps, 1 + group};
@@ -438,15 +475,22 @@ __global__ void __launch_bounds__(kSideMaxWarps * 32)
     uint32_t* bits = reinterpret_cast<uint32_t*>(side_smem + side_dft_bytes(s));
     __half* odd_table = reinterpret_cast<__half*>(side_smem + side_table_bytes(s));
     const RowPlanes pl(s);
-    const int zh = side_z_halves(s), vh = rows_v_halves(s);
-    __half* zb = reinterpret_cast<__half*>(side_smem + rows_table_bytes(s)) + static_cast<int64_t>(group) * (zh + vh);
+    const int zh = side_z_halves(s), vh = rows_v_halves(s), sw = rows_stage_words(dec);
+    __half* zb = reinterpret_cast<__half*>(side_smem + rows_table_bytes(s) +
+                                           static_cast<int64_t>(group) * (2 * (zh + vh) + 4 * sw));
     __half* vb = zb + zh;
+    uint32_t* stage = reinterpret_cast<uint32_t*>(vb + vh);  // sw words
     const int64_t stride = static_cast<int64_t>(gridDim.x) * groups;
     const int chunks = (s.k_len + 7) / 8;
-    auto fetch = [&](int64_t row) {  // z row -> zb (16-byte pieces; rows are ldz >= 8 chunks apart)
+    auto fetch = [&](int64_t row) {  // z row -> zb (16-byte pieces; rows are ldz >= 8 chunks apart), or its codes
         if (row < rows) {
+            if (dec.codes) {
+                const uint32_t* src = dec.codes + row * dec.words_per_row;
+                for (int w = t; w < dec.words_per_row; w += T) cp_async4(stage + w, src + w);
+            } else {
 #pragma unroll 4
-            for (int c = t; c < chunks; c += T) cp_async16(zb + 8 * c, z + row * ldz + 8 * c);
+                for (int c = t; c < chunks; c += T) cp_async16(zb + 8 * c, z + row * ldz + 8 * c);
+            }
         }
         cp_async_commit();
     };
@@ -461,14 +505,19 @@ __global__ void __launch_bounds__(kSideMaxWarps * 32)
     const int log2n = s.has_rotation ? __ffs(s.r.power) - 1 : 0;
     for (; row < rows; row += stride) {
         cp_async_wait_all();
-        grp.sync();  // the group's copies of z in
+        grp.sync();  // the group's copies of z (or its codes) in
+        if (dec.codes) {
+            rows_decode(dec, stage, zb, row, grp);
+            grp.sync();
+            fetch(row + stride);  // the stage is free until the next row
+        }
         if (s.has_frame) {
             warp_dft_in_place<KS>(s.f, zb, dft, grp);
             grp.sync();
         }
         warp_gather(s, zb, vb, s.has_rotation ? bits : nullptr, grp);
         grp.sync();
-        fetch(row + stride);  // zb is free until the next row
+        if (!dec.codes) fetch(row + stride);  // zb is free until the next row
         // Each warp's planes (every parts-th), pass after pass; one plane without an odd factor.
         for (int lo = 0; lo < log2n; lo += 4) {
             const int r = min(4, log2n - lo);
@@ -521,19 +570,25 @@ bool misaligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 
 // The side-rows kernel where the side and buffers allow it: z rows ldz halves apart (16-byte
 // aligned, ldz >= the row rounded up to 8), y rows ldy apart (16-byte aligned), d a multiple of 8,
 // an odd factor of at most 64 (the mix's tensor-core table) over a power axis of 16 or more, DFT
-// widths of at most 128, one warp's buffers in shared memory. Returns cudaErrorNotSupported
-// (nothing launched) otherwise.
+// widths of at most 128, one warp's buffers in shared memory. With dec, z is not read: the rows
+// are D_hat's, decoded from dec's codes in the kernel (2, 4 or 8 bits, K = in_features, rows =
+// out_features). Returns cudaErrorNotSupported (nothing launched) otherwise.
 cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __half* y, int64_t ldy, int64_t rows,
-                             cudaStream_t stream) {
-    if (!side_on_tensor_cores(s, kOddMmaMax) || (rows_odd(s) > 1 && s.r.power % 16) || s.d % 8 || ldz % 8 ||
-        ldy % 8 || ldz < round_up(s.k_len, 8) || ldy < s.d || misaligned16(z) || misaligned16(y))
+                             cudaStream_t stream, const PackedMatMulParams* dec = nullptr) {
+    const bool z_ok = dec ? ((dec->bits == 2 || dec->bits == 4 || dec->bits == 8) && dec->codes &&
+                             dec->in_features == s.k_len && dec->out_features == rows &&
+                             static_cast<int64_t>(dec->words_per_row) * 32 / dec->bits >= s.k_len)
+                          : !(ldz % 8 || ldz < round_up(s.k_len, 8) || misaligned16(z));
+    if (!z_ok || !side_on_tensor_cores(s, kOddMmaMax) || (rows_odd(s) > 1 && s.r.power % 16) || s.d % 8 ||
+        ldy % 8 || ldy < s.d || misaligned16(y))
         return cudaErrorNotSupported;
+    const PackedMatMulParams decode = dec ? *dec : PackedMatMulParams{0, 0, 0, 0, nullptr, nullptr, nullptr};
     if (rows <= 0) return cudaSuccess;
     const DeviceLimits dev = device_limits();
     const int optin = dev.smem_optin, sms = dev.sms;
     // Rows in flight: one per group of warps, each with its buffers.
     const int group_warps = rows_odd(s) > 1 ? kRowGroupWarps : 1;
-    const int64_t per_group = 2 * static_cast<int64_t>(side_z_halves(s) + rows_v_halves(s));
+    const int64_t per_group = 2 * static_cast<int64_t>(side_z_halves(s) + rows_v_halves(s)) + 4 * rows_stage_words(decode);
     int64_t groups = (optin - rows_table_bytes(s)) / per_group;
     groups = std::min<int64_t>({groups, kSideMaxWarps / group_warps, (rows + sms - 1) / sms});
     if (groups < 1) return cudaErrorNotSupported;
@@ -543,7 +598,7 @@ cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __
     cudaError_t err = allow_smem(kernel, bytes);
     if (err != cudaSuccess) return err;
     kernel<<<static_cast<int>(grid), static_cast<int>(groups * group_warps * 32), bytes, stream>>>(s, z, ldz, y, ldy,
-                                                                                                 rows, group_warps);
+                                                                                                 rows, group_warps, decode);
     return cudaGetLastError();
 }
 
@@ -573,8 +628,12 @@ constexpr int kSlab = 8;  // columns of a slab: one 16-byte piece per row
 // build, F is blocked: each group of 8 of its columns is K rows of 16 bytes, {8 K, 8} as the
 // second pass's x and {8, 8 K} as the first pass's y, so that the second pass's slab is one
 // contiguous piece (coalesced copies) and the first pass stores 128 contiguous bytes per 8 lanes.
+// y_point != 0: y is written transposed instead, point p of the slab's 8 columns (one row of v)
+// as 16 bytes at y + 8 slab + p y_point (the first pass writing G = F^T for the side-rows kernel,
+// in place of F and a transpose; a partial last slab writes its zero columns too).
 struct SlabStrides {
     int64_t x_slab, x_row, y_row, y_group;
+    int64_t y_point = 0;
 };
 
 // v's rows are stored permuted (cslot, slab_layout.cuh), for conflict-free shared-memory accesses;
@@ -942,6 +1001,25 @@ __global__ void __launch_bounds__(kColThreads, 1)
     const int out_point = 8 * ((lane & 7) >> 1) + 2 * (lane >> 3) + (lane & 1);
     const int in_out = cslot(out_point);
     auto output = [&](int slab) {
+        if (st.y_point) {  // one 16-byte row of v per point, 2 loads in flight per thread
+            const uint4* vr = reinterpret_cast<const uint4*>(v);
+            __half* out = y + static_cast<int64_t>(slab) * kSlab;
+            constexpr int kU = 2;
+            for (int p0 = threadIdx.x; p0 < s.d; p0 += kU * blockDim.x) {
+                uint4 r[kU];
+#pragma unroll
+                for (int u = 0; u < kU; ++u) {
+                    const int p = p0 + u * blockDim.x;
+                    if (p < s.d) r[u] = vr[pslot ? pslot[p] : cslot(p)];
+                }
+#pragma unroll
+                for (int u = 0; u < kU; ++u) {
+                    const int p = p0 + u * blockDim.x;
+                    if (p < s.d) *reinterpret_cast<uint4*>(out + p * st.y_point) = r[u];
+                }
+            }
+            return;
+        }
         const int c = lane >> 2, q = lane & 3;
         const bool write = slab * kSlab + c < cols;
         __half* out = y + (static_cast<int64_t>(slab) * kSlab + c) * st.y_row + q * st.y_group;
@@ -1032,7 +1110,8 @@ bool side_cols_fit(const SideRows& s, const PackedMatMulParams* decode, int cols
         return false;
     if (decode ? (decode->in_features != s.k_len || decode->out_features != cols) : (cols % kSlab || misaligned16(x)))
         return false;
-    if ((st.x_slab | st.x_row | st.y_row | st.y_group) % 8 || misaligned16(y)) return false;
+    if ((st.x_slab | st.x_row | st.y_row | st.y_group | st.y_point) % 8 || misaligned16(y)) return false;
+    if (st.y_point && st.y_point < round_up(cols, kSlab)) return false;
     return cols_smem_bytes(s, decode) <= static_cast<size_t>(device_limits().smem_optin);
 }
 
@@ -1110,19 +1189,30 @@ cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace,
     out_side.bias = nullptr;
     const SlabStrides blocked{8 * static_cast<int64_t>(k_out), 8, 8, 8 * static_cast<int64_t>(k_out)};
     const SlabStrides row_major{8, n, n, 8};
-    // F (k_out x n) is blocked where the second pass takes slabs, row-major for the transpose else.
+    // F (k_out x n) is blocked where the second pass takes slabs; row-major (by rows) for the transpose.
     const bool slabs = build == WeightBuild::kAuto;
     const SideRows in_s = side_of(in_side), out_s = side_of(out_side);
     const bool out_slabs = slabs && side_cols_fit(out_s, nullptr, n, b, a, blocked);
-    // F: D_hat decoded and transformed slab by slab; else decoded whole, then transformed by rows.
+    // F: D_hat decoded and transformed slab by slab (straight into G = F^T where the output side
+    // takes the rows: no transpose); else decoded whole, then transformed by rows.
     bool f_blocked = out_slabs;
-    cudaError_t err = slabs ? launch_decode_side_cols(in_s, p.matmul, b, f_blocked ? blocked : row_major,
+    SlabStrides g_t{8, n, 8, 8};
+    g_t.y_point = ld_g;
+    cudaError_t err = slabs ? launch_decode_side_cols(in_s, p.matmul, out_slabs ? b : a, out_slabs ? blocked : g_t,
                                                       stream)
                             : cudaErrorNotSupported;
-    if (err == cudaErrorNotSupported) {
+    if (slabs && !out_slabs && err != cudaErrorNotSupported) {
+        if (err != cudaSuccess) return err;
+        *w_t = b;
+        return transform_rows(out_side, a, ld_g, b, n, stream);
+    }
+    if (err == cudaErrorNotSupported) {  // F by rows: D_hat decoded in the side-rows kernel, else apart
         f_blocked = false;
-        err = launch_dequantize_ld(p.matmul, a, ld, stream);
-        if (err == cudaSuccess) err = transform_rows(in_side, a, ld, b, k_out, stream);
+        err = launch_side_rows(in_s, nullptr, 0, b, n, k_out, stream, &p.matmul);
+        if (err == cudaErrorNotSupported) {
+            err = launch_dequantize_ld(p.matmul, a, ld, stream);
+            if (err == cudaSuccess) err = transform_rows(in_side, a, ld, b, k_out, stream);
+        }
     }
     *w_t = a;
     if (err != cudaSuccess) return err;
