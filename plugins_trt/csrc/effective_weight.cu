@@ -462,11 +462,13 @@ __device__ inline void rows_decode(const PackedMatMulParams& dec, const uint32_t
     }
 }
 
-// dec.codes set: z is not read; row r's z is decoded from dec's codes (row r of D_hat).
+// z's rows are interleaved in groups of zi (zi = 1: plain rows ldz apart): 16-byte piece c of row
+// r at z + (r / zi) zi ldz + 8 (c zi + r % zi). dec.codes set: z is not read; row r's z is
+// decoded from dec's codes (row r of D_hat).
 template <int KS>
 __global__ void __launch_bounds__(kSideMaxWarps * 32)
-    side_rows_kernel(SideRows s, const __half* __restrict__ z, int64_t ldz, __half* y, int64_t ldy, int64_t rows,
-                     int group_warps, PackedMatMulParams dec) {
+    side_rows_kernel(SideRows s, const __half* __restrict__ z, int64_t ldz, int zi, __half* y, int64_t ldy,
+                     int64_t rows, int group_warps, PackedMatMulParams dec) {
     extern __shared__ __align__(16) unsigned char side_smem[];
     const int warp = threadIdx.x >> 5, groups = (blockDim.x >> 5) / group_warps, group = warp / group_warps;
     const RowGroup grp{warp % group_warps, group_warps, 1 + group};
@@ -488,8 +490,9 @@ __global__ void __launch_bounds__(kSideMaxWarps * 32)
                 const uint32_t* src = dec.codes + row * dec.words_per_row;
                 for (int w = t; w < dec.words_per_row; w += T) cp_async4(stage + w, src + w);
             } else {
+                const __half* src = z + (row / zi) * zi * ldz + 8 * (row % zi);
 #pragma unroll 4
-                for (int c = t; c < chunks; c += T) cp_async16(zb + 8 * c, z + row * ldz + 8 * c);
+                for (int c = t; c < chunks; c += T) cp_async16(zb + 8 * c, src + 8 * zi * c);
             }
         }
         cp_async_commit();
@@ -572,23 +575,29 @@ bool misaligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 
 // an odd factor of at most 64 (the mix's tensor-core table) over a power axis of 16 or more, DFT
 // widths of at most 128, one warp's buffers in shared memory. With dec, z is not read: the rows
 // are D_hat's, decoded from dec's codes in the kernel (2, 4 or 8 bits, K = in_features, rows =
-// out_features). Returns cudaErrorNotSupported (nothing launched) otherwise.
+// out_features). zi > 1: z's rows interleaved in groups of zi (side_rows_kernel; z holds
+// round_up(rows, zi) rows). Returns cudaErrorNotSupported (nothing launched) otherwise.
+int64_t side_rows_group_bytes(const SideRows& s, const PackedMatMulParams& decode) {
+    return 2 * static_cast<int64_t>(side_z_halves(s) + rows_v_halves(s)) + 4 * rows_stage_words(decode);
+}
+bool side_rows_takes(const SideRows& s, const PackedMatMulParams& decode = PackedMatMulParams{0, 0, 0, 0, nullptr, nullptr, nullptr}) {
+    return side_on_tensor_cores(s, kOddMmaMax) && !(rows_odd(s) > 1 && s.r.power % 16) && s.d % 8 == 0 &&
+           device_limits().smem_optin - rows_table_bytes(s) >= side_rows_group_bytes(s, decode);
+}
 cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __half* y, int64_t ldy, int64_t rows,
-                             cudaStream_t stream, const PackedMatMulParams* dec = nullptr) {
+                             cudaStream_t stream, const PackedMatMulParams* dec = nullptr, int zi = 1) {
     const bool z_ok = dec ? ((dec->bits == 2 || dec->bits == 4 || dec->bits == 8) && dec->codes &&
                              dec->in_features == s.k_len && dec->out_features == rows &&
                              static_cast<int64_t>(dec->words_per_row) * 32 / dec->bits >= s.k_len)
-                          : !(ldz % 8 || ldz < round_up(s.k_len, 8) || misaligned16(z));
-    if (!z_ok || !side_on_tensor_cores(s, kOddMmaMax) || (rows_odd(s) > 1 && s.r.power % 16) || s.d % 8 ||
-        ldy % 8 || ldy < s.d || misaligned16(y))
-        return cudaErrorNotSupported;
+                          : !(ldz % 8 || ldz < round_up(s.k_len, 8) || misaligned16(z) || zi < 1);
     const PackedMatMulParams decode = dec ? *dec : PackedMatMulParams{0, 0, 0, 0, nullptr, nullptr, nullptr};
+    if (!z_ok || !side_rows_takes(s, decode) || ldy % 8 || ldy < s.d || misaligned16(y)) return cudaErrorNotSupported;
     if (rows <= 0) return cudaSuccess;
     const DeviceLimits dev = device_limits();
     const int optin = dev.smem_optin, sms = dev.sms;
     // Rows in flight: one per group of warps, each with its buffers.
     const int group_warps = rows_odd(s) > 1 ? kRowGroupWarps : 1;
-    const int64_t per_group = 2 * static_cast<int64_t>(side_z_halves(s) + rows_v_halves(s)) + 4 * rows_stage_words(decode);
+    const int64_t per_group = side_rows_group_bytes(s, decode);
     int64_t groups = (optin - rows_table_bytes(s)) / per_group;
     groups = std::min<int64_t>({groups, kSideMaxWarps / group_warps, (rows + sms - 1) / sms});
     if (groups < 1) return cudaErrorNotSupported;
@@ -597,7 +606,7 @@ cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __
     auto kernel = (!s.has_frame || s.f.kp <= 64) ? side_rows_kernel<4> : side_rows_kernel<8>;
     cudaError_t err = allow_smem(kernel, bytes);
     if (err != cudaSuccess) return err;
-    kernel<<<static_cast<int>(grid), static_cast<int>(groups * group_warps * 32), bytes, stream>>>(s, z, ldz, y, ldy,
+    kernel<<<static_cast<int>(grid), static_cast<int>(groups * group_warps * 32), bytes, stream>>>(s, z, ldz, zi, y, ldy,
                                                                                                  rows, group_warps, decode);
     return cudaGetLastError();
 }
@@ -630,10 +639,14 @@ constexpr int kSlab = 8;  // columns of a slab: one 16-byte piece per row
 // contiguous piece (coalesced copies) and the first pass stores 128 contiguous bytes per 8 lanes.
 // y_point != 0: y is written transposed instead, point p of the slab's 8 columns (one row of v)
 // as 16 bytes at y + 8 slab + p y_point (the first pass writing G = F^T for the side-rows kernel,
-// in place of F and a transpose; a partial last slab writes its zero columns too).
+// in place of F and a transpose; a partial last slab writes its zero columns too); with
+// y_inter > 1, G's rows interleaved in groups of y_inter (side_rows_kernel's zi): at
+// y + (p / y_inter) y_inter y_point + 8 (slab y_inter + p % y_inter), so that the y_inter
+// points of a group are one contiguous piece of 16 y_inter bytes.
 struct SlabStrides {
     int64_t x_slab, x_row, y_row, y_group;
     int64_t y_point = 0;
+    int y_inter = 1;
 };
 
 // v's rows are stored permuted (cslot, slab_layout.cuh), for conflict-free shared-memory accesses;
@@ -1003,7 +1016,8 @@ __global__ void __launch_bounds__(kColThreads, 1)
     auto output = [&](int slab) {
         if (st.y_point) {  // one 16-byte row of v per point, 2 loads in flight per thread
             const uint4* vr = reinterpret_cast<const uint4*>(v);
-            __half* out = y + static_cast<int64_t>(slab) * kSlab;
+            const int gi = st.y_inter;
+            __half* out = y + static_cast<int64_t>(slab) * kSlab * gi;
             constexpr int kU = 2;
             for (int p0 = threadIdx.x; p0 < s.d; p0 += kU * blockDim.x) {
                 uint4 r[kU];
@@ -1015,7 +1029,7 @@ __global__ void __launch_bounds__(kColThreads, 1)
 #pragma unroll
                 for (int u = 0; u < kU; ++u) {
                     const int p = p0 + u * blockDim.x;
-                    if (p < s.d) *reinterpret_cast<uint4*>(out + p * st.y_point) = r[u];
+                    if (p < s.d) *reinterpret_cast<uint4*>(out + (p / gi) * gi * st.y_point + kSlab * (p % gi)) = r[u];
                 }
             }
             return;
@@ -1111,7 +1125,7 @@ bool side_cols_fit(const SideRows& s, const PackedMatMulParams* decode, int cols
     if (decode ? (decode->in_features != s.k_len || decode->out_features != cols) : (cols % kSlab || misaligned16(x)))
         return false;
     if ((st.x_slab | st.x_row | st.y_row | st.y_group | st.y_point) % 8 || misaligned16(y)) return false;
-    if (st.y_point && st.y_point < round_up(cols, kSlab)) return false;
+    if (st.y_point && (st.y_point < round_up(cols, kSlab) || st.y_inter < 1 || s.d % st.y_inter)) return false;
     return cols_smem_bytes(s, decode) <= static_cast<size_t>(device_limits().smem_optin);
 }
 
@@ -1151,11 +1165,17 @@ cudaError_t launch_decode_side_cols(const SideRows& s, const PackedMatMulParams&
 
 // One side over rows: the side-rows kernel, else the layer's epilogue kernel (y rows d apart).
 cudaError_t transform_rows(const FrameLinearParams& side, const __half* z, int64_t ldz, __half* y, int64_t rows,
-                           cudaStream_t stream) {
-    const cudaError_t err = launch_side_rows(side_of(side), z, ldz, y, side.out_dim(), rows, stream);
-    if (err != cudaErrorNotSupported) return err;
+                           cudaStream_t stream, int zi = 1) {
+    const cudaError_t err = launch_side_rows(side_of(side), z, ldz, y, side.out_dim(), rows, stream, nullptr, zi);
+    if (err != cudaErrorNotSupported || zi != 1) return err;
     return launch_layer_epilogue(side, z, ldz, y, rows, DType::kFloat16, stream);
 }
+
+// G's rows interleaved in groups of this many where the side-columns pass writes G for the
+// side-rows kernel (SlabStrides::y_inter): 8 points' 16-byte pieces of a slab make one 128-byte
+// line. H200, 4096x11008 at 12608 rows, dense layer / cuBLAS, one build with the interleave
+// set at run time: 1 (plain rows) 1.43x, 2 1.34x, 4 1.32x, 8 1.30x (kernels_11008_interleave.txt).
+constexpr int kGInterleave = 8;
 
 // Halves of the two scratch buffers: a holds D_hat, then G; b holds F, then W^T.
 size_t buffer_a(const FrameLinearParams& p) {
@@ -1198,13 +1218,14 @@ cudaError_t launch_effective_weight(const FrameLinearParams& p, void* workspace,
     bool f_blocked = out_slabs;
     SlabStrides g_t{8, n, 8, 8};
     g_t.y_point = ld_g;
+    g_t.y_inter = side_rows_takes(out_s) ? kGInterleave : 1;
     cudaError_t err = slabs ? launch_decode_side_cols(in_s, p.matmul, out_slabs ? b : a, out_slabs ? blocked : g_t,
                                                       stream)
                             : cudaErrorNotSupported;
     if (slabs && !out_slabs && err != cudaErrorNotSupported) {
         if (err != cudaSuccess) return err;
         *w_t = b;
-        return transform_rows(out_side, a, ld_g, b, n, stream);
+        return transform_rows(out_side, a, ld_g, b, n, stream, g_t.y_inter);
     }
     if (err == cudaErrorNotSupported) {  // F by rows: D_hat decoded in the side-rows kernel, else apart
         f_blocked = false;
