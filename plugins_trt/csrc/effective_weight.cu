@@ -577,10 +577,11 @@ bool misaligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 
 // are D_hat's, decoded from dec's codes in the kernel (2, 4 or 8 bits, K = in_features, rows =
 // out_features). zi > 1: z's rows interleaved in groups of zi (side_rows_kernel; z holds
 // round_up(rows, zi) rows). Returns cudaErrorNotSupported (nothing launched) otherwise.
+const PackedMatMulParams kNoDecode{0, 0, 0, 0, nullptr, nullptr, nullptr};  // codes null: z is read
 int64_t side_rows_group_bytes(const SideRows& s, const PackedMatMulParams& decode) {
     return 2 * static_cast<int64_t>(side_z_halves(s) + rows_v_halves(s)) + 4 * rows_stage_words(decode);
 }
-bool side_rows_takes(const SideRows& s, const PackedMatMulParams& decode = PackedMatMulParams{0, 0, 0, 0, nullptr, nullptr, nullptr}) {
+bool side_rows_takes(const SideRows& s, const PackedMatMulParams& decode = kNoDecode) {
     return side_on_tensor_cores(s, kOddMmaMax) && !(rows_odd(s) > 1 && s.r.power % 16) && s.d % 8 == 0 &&
            device_limits().smem_optin - rows_table_bytes(s) >= side_rows_group_bytes(s, decode);
 }
@@ -590,7 +591,7 @@ cudaError_t launch_side_rows(const SideRows& s, const __half* z, int64_t ldz, __
                              dec->in_features == s.k_len && dec->out_features == rows &&
                              static_cast<int64_t>(dec->words_per_row) * 32 / dec->bits >= s.k_len)
                           : !(ldz % 8 || ldz < round_up(s.k_len, 8) || misaligned16(z) || zi < 1);
-    const PackedMatMulParams decode = dec ? *dec : PackedMatMulParams{0, 0, 0, 0, nullptr, nullptr, nullptr};
+    const PackedMatMulParams decode = dec ? *dec : kNoDecode;
     if (!z_ok || !side_rows_takes(s, decode) || ldy % 8 || ldy < s.d || misaligned16(y)) return cudaErrorNotSupported;
     if (rows <= 0) return cudaSuccess;
     const DeviceLimits dev = device_limits();
