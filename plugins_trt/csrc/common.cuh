@@ -121,6 +121,7 @@ __host__ __device__ __forceinline__ constexpr int sp(int i) { return i + (i >> 4
 // Floats of a padded row, rounded to 16 bytes so that what follows it in shared memory is aligned.
 __host__ __device__ __forceinline__ constexpr int padded_floats(int n) { return (n + (n >> 4) + 4) & ~3; }
 __host__ __device__ __forceinline__ constexpr int round4(int n) { return (n + 3) & ~3; }
+__host__ __device__ __forceinline__ constexpr int round16(int n) { return (n + 15) & ~15; }
 
 // Global loads issued kBatch at a time before any use: at few rows the kernels are latency-bound,
 // and a loop that waits on each load in turn costs one memory round trip per iteration.
@@ -432,7 +433,7 @@ __device__ inline void block_odd_mix(float* x, float* tmp, int power, int odd, c
 // Where a row of x is 43 values wide, the CUDA-core loop above makes two shared-memory loads per
 // multiply-add (11008-wide rows: 473k of them per row).
 constexpr int kOddMmaMin = 16, kOddMmaMax = 64;
-__host__ __device__ __forceinline__ constexpr int odd_mma_pad(int odd) { return (odd + 15) & ~15; }
+__host__ __device__ __forceinline__ constexpr int odd_mma_pad(int odd) { return round16(odd); }
 // Rows pad / 2 + 4 words apart (4 mod 8): a warp's B-fragment loads hit distinct banks.
 __host__ __device__ __forceinline__ constexpr int odd_mma_pitch(int odd) { return odd_mma_pad(odd) + 8; }
 __host__ __device__ __forceinline__ constexpr int odd_mma_floats(int odd) {

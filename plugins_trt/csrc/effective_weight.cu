@@ -340,7 +340,7 @@ __device__ inline void warp_gather(const SideRows& s, const __half* z, __half* v
         if (pl.odd == 1) {
             st_half2(v + vswz(2 * j), re, im);
         } else {  // points 2j and 2j + 1: neighbouring planes, or the last plane and plane 0 of i + 1
-            const int i = pl.point(2 * j), n = 2 * j - i * pl.odd, at = n * pl.pitch + vswz(i);
+            const int i = pl.point(2 * j), n = 2 * j - i * pl.odd, at = pl.at(i, n);
             v[at] = __float2half_rn(re);
             v[n + 1 < pl.odd ? at + pl.pitch : vswz(i + 1)] = __float2half_rn(im);
         }

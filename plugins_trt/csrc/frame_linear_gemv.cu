@@ -33,8 +33,6 @@ constexpr int kGemvThreads = 768;
 constexpr int kGemvWarps = kGemvThreads / 32;
 constexpr int kGemvPieces = 2;  // tiles one warp's run of units may touch
 
-__host__ __device__ inline int up16(int bytes) { return (bytes + 15) & ~15; }
-
 // How the codes are split: units (16-row tile, chunk of kChunkWords words), tile-major; block b
 // takes units [b * per_block, (b + 1) * per_block).
 struct GemvSplit {
@@ -71,28 +69,28 @@ struct GemvSmem {
         // A block holds at most per_block / nchunks + 2 parts, each of 16 rows padded by up to 3 words
         // (the kernel's pitch).
         const int parts = split.per_block / split.nchunks + 2;
-        l.c = up16(4 * 16 * (L::kChunkWords * split.per_block + 4 * parts));
-        l.u = l.c + up16(2 * (K_in > l.c_len ? K_in : l.c_len));
+        l.c = round16(4 * 16 * (L::kChunkWords * split.per_block + 4 * parts));
+        l.u = l.c + round16(2 * (K_in > l.c_len ? K_in : l.c_len));
         l.signs_in = l.u + 4 * padded_floats(n > K_in ? n : K_in);
-        l.dft = l.signs_in + up16(p.has_rotation_in ? 4 * n : 0);
+        l.dft = l.signs_in + round16(p.has_rotation_in ? 4 * n : 0);
         l.gidx = l.dft + (p.has_frame_in ? 4 * dft_floats(p.frame_in.kp) : 0);
         const int gn = p.has_frame_in ? p.frame_in.rho_c * p.frame_in.k : 0;
-        l.gw = l.gidx + up16(4 * gn);
-        const int prologue_end = l.gw + up16(4 * gn);
+        l.gw = l.gidx + round16(4 * gn);
+        const int prologue_end = l.gw + round16(4 * gn);
         l.frag = l.u;  // over the prologue's space once the analysis is done
-        l.red = l.frag + up16(frag_bytes);
+        l.red = l.frag + round16(frag_bytes);
         const int red_end = l.red + 4 * kGemvWarps * kGemvPieces * 16;
         l.front = prologue_end > red_end ? prologue_end : red_end;
 
-        l.runs = up16(4 * 2 * K_out);
-        l.v = l.runs + up16(4 * (K_out > m ? K_out : m));
+        l.runs = round16(4 * 2 * K_out);
+        l.v = l.runs + round16(4 * (K_out > m ? K_out : m));
         l.dft_t = l.v + 4 * padded_floats(m);
         l.sbin = l.dft_t + (p.has_frame_out ? 4 * dft_floats(p.frame_out.kp) : 0);
         const int sn = p.has_frame_out ? 2 * p.frame_out.d_c : 0;
-        l.sw = l.sbin + up16(4 * sn);
-        l.signs_out = l.sw + up16(4 * sn);
-        l.bias = l.signs_out + up16(p.has_rotation_out ? 4 * m : 0);
-        l.back = l.bias + up16(p.bias ? 4 * m : 0);
+        l.sw = l.sbin + round16(4 * sn);
+        l.signs_out = l.sw + round16(4 * sn);
+        l.bias = l.signs_out + round16(p.has_rotation_out ? 4 * m : 0);
+        l.back = l.bias + round16(p.bias ? 4 * m : 0);
         return l;
     }
     __host__ __device__ int bytes() const { return front > back ? front : back; }
