@@ -757,6 +757,20 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Programmatic dependent launch (sm_90): a kernel launched with programmatic stream
+// serialization may start before the kernel ahead of it ends; grid_dependency_wait() returns once
+// that kernel has finished and its writes are visible (at once without such a launch), and
+// allow_dependents() lets the next such kernel start. No-ops before sm_90.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
 // Waits until at most N of this thread's most recent cp.async groups are still in flight.
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 // n 4-byte words global -> shared by cp.async, the block's threads together (16-byte pieces where
@@ -793,7 +807,7 @@ template <typename F> cudaError_t with_act_type(DType dtype, const void* x, void
 // The current device's SM count and shared-memory limits in bytes (per block with opt-in, per SM):
 // what every launcher sizes its grid and blocks by.
 struct DeviceLimits {
-    int sms = 0, smem_optin = 0, smem_per_sm = 0;
+    int sms = 0, smem_optin = 0, smem_per_sm = 0, cc_major = 0;
 };
 inline DeviceLimits device_limits() {
     DeviceLimits d;
@@ -802,6 +816,7 @@ inline DeviceLimits device_limits() {
     cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device);
     cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+    cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, device);
     return d;
 }
 

@@ -984,7 +984,12 @@ __global__ void __launch_bounds__(kColThreads, 1)
         }
         if (part == kFetchParts - 1) cp_async_commit();
     };
-    for (int part = 0; part < kFetchParts; ++part) fetch(blockIdx.x, 0, part);
+    // Decoding (the first pass) reads only the codes, and lets the second pass start its tables;
+    // the second pass reads x only after the first pass has ended (grid_dependency_wait below).
+    if constexpr (BITS != 0) {
+        allow_dependents();
+        for (int part = 0; part < kFetchParts; ++part) fetch(blockIdx.x, 0, part);
+    }
     for (int r = s.k_len + threadIdx.x; r < zrows; r += blockDim.x) {  // the pad rows the DFT reads
         reinterpret_cast<uint4*>(zbuf(0))[r] = make_uint4(0, 0, 0, 0);
         reinterpret_cast<uint4*>(zbuf(1))[r] = make_uint4(0, 0, 0, 0);
@@ -1007,6 +1012,10 @@ __global__ void __launch_bounds__(kColThreads, 1)
     }
     if (s.has_frame) load_dft(s.f.dft_t, dft, s.f.kp);  // ends with a barrier
     else __syncthreads();
+    if constexpr (BITS == 0) {
+        grid_dependency_wait();
+        for (int part = 0; part < kFetchParts; ++part) fetch(blockIdx.x, 0, part);
+    }
     uint32_t h[4];
     h16_fragments(h);
     const int log2n = s.has_rotation ? __ffs(s.r.power) - 1 : 0;
@@ -1062,7 +1071,9 @@ __global__ void __launch_bounds__(kColThreads, 1)
     for (int slab = blockIdx.x; slab < slabs; slab += gridDim.x, ++it) {
         __half* z = zbuf(it);
         fetch(slab + gridDim.x, it + 1, 0);
-        cp_async_wait<1>();
+        // This slab's group is the last one committed (the next slab's copies are committed in
+        // its third part), so every committed group must be complete: wait_group 0.
+        cp_async_wait<0>();
         __syncthreads();
         if constexpr (BITS != 0) {
             cols_decode<BITS>(m, stage0 + (it & 1) * stage_words, z, s.k_len);
@@ -1135,12 +1146,26 @@ cudaError_t launch_cols(const SideRows& s, const __half* x, const PackedMatMulPa
                         const SlabStrides& st, cudaStream_t stream) {
     if (cols <= 0) return cudaSuccess;
     const size_t bytes = cols_smem_bytes(s, BITS ? &m : nullptr);
-    const int grid = std::min(device_limits().sms, (cols + kSlab - 1) / kSlab);
+    const DeviceLimits dev = device_limits();
+    const int grid = std::min(dev.sms, (cols + kSlab - 1) / kSlab);
     auto kernel = (!s.has_frame || s.f.kp <= 64) ? side_cols_kernel<4, BITS> : side_cols_kernel<8, BITS>;
     cudaError_t err = allow_smem(kernel, bytes);
     if (err != cudaSuccess) return err;
-    kernel<<<grid, kColThreads, bytes, stream>>>(s, x, m, cols, y, st);
-    return cudaGetLastError();
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(grid), cfg.blockDim = dim3(kColThreads), cfg.dynamicSmemBytes = bytes, cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    // sm_90: a pass over x (the second) may start while the kernel before it ends; it stages its
+    // tables, then waits for that kernel's writes (grid_dependency_wait) before it reads x.
+    cfg.attrs = attr, cfg.numAttrs = (BITS == 0 && dev.cc_major >= 9) ? 1 : 0;
+    err = cudaLaunchKernelEx(&cfg, kernel, s, x, m, cols, y, st);
+    if (err != cudaSuccess && cfg.numAttrs) {  // a runtime that refuses the attribute: a plain launch
+        cudaGetLastError();
+        cfg.numAttrs = 0;
+        err = cudaLaunchKernelEx(&cfg, kernel, s, x, m, cols, y, st);
+    }
+    return err;
 }
 
 // The side-columns kernel over x (K x cols, as `st` lays it out) into y (cols x d) where
