@@ -202,6 +202,63 @@ class KernelLinear(nn.Module):
         if act_dtype not in (None, torch.float16, torch.float32):
             raise ValueError(f"act_dtype must be torch.float16 or torch.float32, not {act_dtype}")
         self.act_dtype = act_dtype
+        # The dense path's GEMM: entry of cuBLASLt's heuristic list for it (0: its first pick);
+        # choose_dense_gemm sets it by timing, as TensorRT times the FQFrameLinear plugin's tactics.
+        self.gemm_choice = 0
+
+    def dense_gemm_choices(self, x: torch.Tensor) -> int:
+        """Length of cuBLASLt's heuristic list for the dense path's GEMM on ``x`` (fp16, CUDA)."""
+        tables, ints = self.tables(x.device)
+        return int(load_extension().dense_gemm_choices(x.half().contiguous(), tables, ints))
+
+    def choose_dense_gemm(self, x: torch.Tensor, calls: int = 10, repeats: int = 5) -> list[float]:
+        """Times the dense path with every entry of cuBLASLt's heuristic list on ``x`` and keeps the
+        fastest in ``gemm_choice``, as TensorRT's builder times a plugin's tactics (GPU time only:
+        ``calls`` calls captured in a CUDA graph, the median of ``repeats`` replays; eager calls
+        where capture fails). Returns the microseconds per call of each entry."""
+        import statistics
+
+        ext = load_extension()
+        x = x.half().contiguous()
+        tables, ints = self.tables(x.device)
+        barrier = torch.zeros(1, dtype=torch.int32, device=x.device)
+        times = []
+        for choice in range(self.dense_gemm_choices(x)):
+            def call():
+                ext.frame_linear(x, tables, ints, PATHS["dense"], barrier, gemm_choice=choice)
+
+            def run_calls():
+                for _ in range(calls):
+                    call()
+
+            stream = torch.cuda.Stream(x.device)
+            stream.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(stream):  # warm-up on the capture stream (its cuBLASLt workspace)
+                call()
+            torch.cuda.current_stream(x.device).wait_stream(stream)
+            torch.cuda.synchronize(x.device)
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=stream):
+                    run_calls()
+                replay = graph.replay
+            except RuntimeError:
+                torch.cuda.synchronize(x.device)
+                replay = run_calls
+            replay()
+            runs = []
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                replay()
+                end.record()
+                end.synchronize()
+                runs.append(start.elapsed_time(end) * 1000 / calls)
+            times.append(statistics.median(runs))
+        if not times:
+            raise RuntimeError("cuBLASLt offers no GEMM for the dense path of this layer")
+        self.gemm_choice = min(range(len(times)), key=times.__getitem__)
+        return times
 
     def tables(self, device):
         if self._tables is None or self._tables[0] != str(device):
@@ -245,7 +302,8 @@ class KernelLinear(nn.Module):
         if self._barrier is None or self._barrier.device != x.device:
             self._barrier = torch.zeros(1, dtype=torch.int32, device=x.device)
         self.last_path = path
-        y = ext.frame_linear(x.to(dtype).contiguous(), tables, ints, PATHS[path], self._barrier)
+        y = ext.frame_linear(x.to(dtype).contiguous(), tables, ints, PATHS[path], self._barrier,
+                             gemm_choice=self.gemm_choice)
         return y.to(x.dtype)
 
 

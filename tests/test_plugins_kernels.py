@@ -353,6 +353,25 @@ def test_dense_path_on_tensors_inside_an_allocation(h):
     check_against(h.frame_linear(x, layer, path="dense"), ref64, torch16, "dense, x 16-byte aligned")
 
 
+@pytest.mark.parametrize("shape", [(768, 3072), (1024, 512)])
+def test_dense_gemm_choices(h, shape):
+    # Every entry of cuBLASLt's heuristic list (the plugin's tactics) computes the same layer, and
+    # the timed choice is one of them.
+    in_f, out_f = shape
+    layer = random_layer(in_f, out_f, seed=9).to(DEV)
+    x = torch.randn(1200, in_f, device=DEV)
+    ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
+    kl = h.KernelLinear(layer, path="dense")
+    n = kl.dense_gemm_choices(x.half())
+    assert 1 <= n <= 8
+    for choice in range(n):
+        kl.gemm_choice = choice
+        check_against(kl(x.half()), ref64, torch16, f"dense {shape} GEMM choice {choice} of {n}")
+    times = kl.choose_dense_gemm(x.half(), calls=2, repeats=1)
+    assert len(times) == n and all(t > 0 for t in times) and kl.gemm_choice == times.index(min(times))
+    check_against(kl(x.half()), ref64, torch16, f"dense {shape} chosen GEMM {kl.gemm_choice}")
+
+
 def dense_weight16(layer):
     """P_out D_hat P_in^T with fq_export's operators in fp16 on the GPU (PyTorch's own rounding)."""
     d_hat = layer._dequantized.half()
@@ -419,9 +438,9 @@ def test_auto_path_takes_dense_for_many_rows(h, monkeypatch):
         def __getattr__(self, name):
             return getattr(ext, name)
 
-        def frame_linear(self, x, tables, ints, path, barrier):
+        def frame_linear(self, x, tables, ints, path, barrier, **kw):
             taken.append(path)
-            return ext.frame_linear(x, tables, ints, path, barrier)
+            return ext.frame_linear(x, tables, ints, path, barrier, **kw)
 
     monkeypatch.setattr(h, "load_extension", lambda: Spy())
     kl = h.KernelLinear(layer)

@@ -182,8 +182,16 @@ size_t frame_linear_dense_workspace_bytes(const FrameLinearParams& p);
 inline int64_t dense_min_rows(int64_t n, int64_t m, int64_t k_out) {
     return (n * (k_out + m) + n + m - 1) / (n + m);
 }
+// The dense form's GEMM is entry `gemm_choice` of cuBLASLt's heuristic list for it (at most
+// kDenseGemmChoices entries, its own ranking first; 0 its first pick, an index past the list's end
+// its last entry): the FQFrameLinear plugin offers the entries to TensorRT as tactics, the harness
+// times them. frame_linear_dense_gemm_choices: the list's length for these buffers and rows.
+constexpr int kDenseGemmChoices = 8;
 cudaError_t launch_frame_linear_dense(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
-                                      void* workspace, void* cublaslt_handle, cudaStream_t stream);
+                                      void* workspace, void* cublaslt_handle, cudaStream_t stream,
+                                      int gemm_choice = 0);
+int frame_linear_dense_gemm_choices(const FrameLinearParams& p, const void* x, const void* y, int64_t rows,
+                                    void* workspace, void* cublaslt_handle);
 
 // The packed matmul of many fp16 rows on cuBLAS (gemm_cublas.cpp): D_hat decoded to fp16 in the
 // workspace, rows copied into K-padded buffers where K_in or K_out is not a multiple of 64, one

@@ -8,6 +8,7 @@
 // The dense many-row layer (one cuBLASLt GEMM on the layer's effective weight, bias in the GEMM's
 // epilogue) lives here too.
 // Kept out of the .cu files so that those build without the cuBLAS headers.
+#include <algorithm>
 #include <climits>
 
 #include <cublas_v2.h>
@@ -142,9 +143,11 @@ uint32_t alignment_of(const void* p) {
 
 // y (rows x m) = x (rows x n) w_t (n x m) + bias, fp16 with fp32 accumulation. Column-major view:
 // y^T (m x rows) = w_t^T (m x n, ld m) x^T (n x rows, ld n), the bias one value per row of y^T.
-cudaError_t lt_gemm_bias(cublasLtHandle_t handle, const __half* w_t, const __half* x, __half* y, const __half* bias,
-                         int64_t n, int64_t m, int64_t rows, void* lt_ws, cudaStream_t stream) {
-    LtCall c;
+// The descriptors and cuBLASLt's heuristic list for them (at most kDenseGemmChoices entries);
+// false where a descriptor cannot be made or the list is empty.
+bool lt_candidates(cublasLtHandle_t handle, const void* w_t, const void* x, const void* y, const void* bias,
+                   int64_t n, int64_t m, int64_t rows, LtCall& c, cublasLtMatmulHeuristicResult_t* list,
+                   int* found) {
     const cublasOperation_t no = CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     const size_t ws = kLtWorkspace;
@@ -166,14 +169,23 @@ cudaError_t lt_gemm_bias(cublasLtHandle_t handle, const __half* w_t, const __hal
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
     for (int i = 0; ok && i < 4; ++i)
         ok = cublasLtMatmulPreferenceSetAttribute(c.pref, which[i], &align[i], sizeof(align[i])) == CUBLAS_STATUS_SUCCESS;
-    if (!ok) return cudaErrorUnknown;
-    cublasLtMatmulHeuristicResult_t algo{};
+    *found = 0;
+    return ok &&
+           cublasLtMatmulAlgoGetHeuristic(handle, c.op, c.a, c.b, c.d, c.d, c.pref, kDenseGemmChoices, list, found) ==
+               CUBLAS_STATUS_SUCCESS &&
+           *found > 0;
+}
+
+// The GEMM with entry `choice` of the heuristic list (past its end: the last entry).
+cudaError_t lt_gemm_bias(cublasLtHandle_t handle, const __half* w_t, const __half* x, __half* y, const __half* bias,
+                         int64_t n, int64_t m, int64_t rows, void* lt_ws, int choice, cudaStream_t stream) {
+    LtCall c;
+    cublasLtMatmulHeuristicResult_t list[kDenseGemmChoices]{};
     int found = 0;
-    if (cublasLtMatmulAlgoGetHeuristic(handle, c.op, c.a, c.b, c.d, c.d, c.pref, 1, &algo, &found) !=
-            CUBLAS_STATUS_SUCCESS || found == 0)
-        return cudaErrorNotSupported;
+    if (!lt_candidates(handle, w_t, x, y, bias, n, m, rows, c, list, &found)) return cudaErrorNotSupported;
+    const cublasLtMatmulAlgo_t& algo = list[std::min(std::max(choice, 0), found - 1)].algo;
     const float alpha = 1.f, beta = 0.f;
-    return cublasLtMatmul(handle, c.op, &alpha, w_t, c.a, x, c.b, &beta, y, c.d, y, c.d, &algo.algo, lt_ws, ws,
+    return cublasLtMatmul(handle, c.op, &alpha, w_t, c.a, x, c.b, &beta, y, c.d, y, c.d, &algo, lt_ws, kLtWorkspace,
                           stream) == CUBLAS_STATUS_SUCCESS
                ? cudaSuccess
                : cudaErrorUnknown;
@@ -186,7 +198,7 @@ size_t frame_linear_dense_workspace_bytes(const FrameLinearParams& p) {
 }
 
 cudaError_t launch_frame_linear_dense(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
-                                      void* workspace, void* cublaslt_handle, cudaStream_t stream) {
+                                      void* workspace, void* cublaslt_handle, cudaStream_t stream, int gemm_choice) {
     if (rows == 0) return cudaSuccess;
     if (cublaslt_handle == nullptr) return cudaErrorInvalidValue;
     char* const after_weight = static_cast<char*>(workspace) + effective_weight_workspace_bytes(p);
@@ -198,7 +210,21 @@ cudaError_t launch_frame_linear_dense(const FrameLinearParams& p, const void* x,
     if (err == cudaSuccess && bias) err = launch_half_from_float(p.bias, bias, p.out_dim(), stream);
     if (err != cudaSuccess) return err;
     return lt_gemm_bias(static_cast<cublasLtHandle_t>(cublaslt_handle), w_t, static_cast<const __half*>(x),
-                        static_cast<__half*>(y), bias, p.in_dim(), p.out_dim(), rows, lt_ws, stream);
+                        static_cast<__half*>(y), bias, p.in_dim(), p.out_dim(), rows, lt_ws, gemm_choice, stream);
+}
+
+int frame_linear_dense_gemm_choices(const FrameLinearParams& p, const void* x, const void* y, int64_t rows,
+                                    void* workspace, void* cublaslt_handle) {
+    if (cublaslt_handle == nullptr || rows <= 0) return 0;
+    // The build leaves W^T at the start of either scratch buffer: both 256-byte aligned when the
+    // workspace is, as the bias is.
+    const char* after_weight = static_cast<const char*>(workspace) + effective_weight_workspace_bytes(p);
+    LtCall c;
+    cublasLtMatmulHeuristicResult_t list[kDenseGemmChoices]{};
+    int found = 0;
+    lt_candidates(static_cast<cublasLtHandle_t>(cublaslt_handle), workspace, x, y, p.bias ? after_weight : nullptr,
+                  p.in_dim(), p.out_dim(), rows, c, list, &found);
+    return found;
 }
 
 }  // namespace fq

@@ -2,8 +2,8 @@
 // creator from getCreators, createPlugin from the ONNX node's INT fields (kBUILD), the build
 // checks (supportsFormatCombination, getOutputDataTypes, getWorkspaceSize over a profile), the
 // serialized fields back through createPlugin (kRUNTIME), attachToContext (a clone), and per case
-// onShapeChange + enqueue on a stream, with a workspace of the size the plugin asked for, filled
-// with NaN bytes first. Compared with the float64 reference that plugin_glue_check.py wrote.
+// onShapeChange + enqueue on a stream for the default tactic and every tactic the plugin
+// advertises, with a workspace of the size the plugin asked for, filled with NaN bytes first. Compared with the float64 reference that plugin_glue_check.py wrote.
 //
 //   plugin_glue_check DIR      (DIR from `python plugins_trt/tools/plugin_glue_check.py data DIR`)
 //
@@ -231,33 +231,43 @@ int main(int argc, char** argv) {
             void const* inputs[5] = {d_x, d_codes, scale_fp16 ? static_cast<void const*>(d_scale16) : d_scale32,
                                      scale_fp16 ? static_cast<void const*>(d_zero16) : d_zero32, d_bias};
             void* outputs[1] = {d_y};
-            double num = 0, den = 0;
-            bool finite = true;
-            for (int rep = 0; rep < 2; ++rep) {  // twice: the single-launch layer's barrier word is reused
-                if (rt->enqueue(pin, pout, inputs, outputs, d_ws, stream) != 0) throw std::runtime_error("enqueue failed");
-                check(cudaStreamSynchronize(stream), "enqueue");
+            // Tactics as the builder times them (the default 0, then each advertised one), each set
+            // on the context's plugin before its enqueues.
+            std::vector<int32_t> tactics(cbuild->getNbTactics());
+            if (!tactics.empty() && cbuild->getValidTactics(tactics.data(), static_cast<int32_t>(tactics.size())) != 0)
+                throw std::runtime_error("getValidTactics");
+            tactics.insert(tactics.begin(), 0);
+            for (int32_t tactic : tactics) {
+                if (rt->setTactic(tactic) != 0) throw std::runtime_error("setTactic");
+                for (int rep = 0; rep < 2; ++rep) {  // twice: the single-launch layer's barrier word is reused
+                    if (rt->enqueue(pin, pout, inputs, outputs, d_ws, stream) != 0) throw std::runtime_error("enqueue failed");
+                    check(cudaStreamSynchronize(stream), "enqueue");
+                }
+                std::vector<double> y(rows * m);
+                if (act == DataType::kHALF) {
+                    std::vector<__half> yh(y.size());
+                    check(cudaMemcpy(yh.data(), d_y, yh.size() * 2, cudaMemcpyDeviceToHost), "y copy");
+                    for (size_t i = 0; i < y.size(); ++i) y[i] = __half2float(yh[i]);
+                } else {
+                    std::vector<float> yf(y.size());
+                    check(cudaMemcpy(yf.data(), d_y, yf.size() * 4, cudaMemcpyDeviceToHost), "y copy");
+                    for (size_t i = 0; i < y.size(); ++i) y[i] = yf[i];
+                }
+                double num = 0, den = 0;
+                bool finite = true;
+                for (size_t i = 0; i < y.size(); ++i) {
+                    finite = finite && std::isfinite(y[i]);
+                    num += (y[i] - ref[i]) * (y[i] - ref[i]);
+                    den += ref[i] * ref[i];
+                }
+                const double err = std::sqrt(num / den);
+                const bool ok = finite && err <= tol;
+                failures += !ok;
+                std::printf("case %-12s rows %6lld %s scale %s workspace %10zu B  tactic %d  rel_err %.3e  tolerance %.3e  %s\n",
+                            name.c_str(), static_cast<long long>(rows), act == DataType::kHALF ? "fp16" : "fp32",
+                            scale_fp16 ? "fp16" : "fp32", ws_bytes, tactic, err, tol, ok ? "ok" : "FAILED");
+                check(cudaMemset(d_y, 0xFF, rows * m * esize), "y NaN");  // the next tactic writes it all again
             }
-            std::vector<double> y(rows * m);
-            if (act == DataType::kHALF) {
-                std::vector<__half> yh(y.size());
-                check(cudaMemcpy(yh.data(), d_y, yh.size() * 2, cudaMemcpyDeviceToHost), "y copy");
-                for (size_t i = 0; i < y.size(); ++i) y[i] = __half2float(yh[i]);
-            } else {
-                std::vector<float> yf(y.size());
-                check(cudaMemcpy(yf.data(), d_y, yf.size() * 4, cudaMemcpyDeviceToHost), "y copy");
-                for (size_t i = 0; i < y.size(); ++i) y[i] = yf[i];
-            }
-            for (size_t i = 0; i < y.size(); ++i) {
-                finite = finite && std::isfinite(y[i]);
-                num += (y[i] - ref[i]) * (y[i] - ref[i]);
-                den += ref[i] * ref[i];
-            }
-            const double err = std::sqrt(num / den);
-            const bool ok = finite && err <= tol;
-            failures += !ok;
-            std::printf("case %-12s rows %6lld %s scale %s workspace %10zu B  rel_err %.3e  tolerance %.3e  %s\n",
-                        name.c_str(), static_cast<long long>(rows), act == DataType::kHALF ? "fp16" : "fp32",
-                        scale_fp16 ? "fp16" : "fp32", ws_bytes, err, tol, ok ? "ok" : "FAILED");
             cudaFree(d_x);
             cudaFree(d_y);
             cudaFree(d_ws);

@@ -152,7 +152,7 @@ fq::FrameLinearParams layer_params(const std::vector<torch::Tensor>& t, const st
 // spread decode kernel (rows <= kDecodeRows), 7 the dense form (effective weight + one cuBLASLt GEMM,
 // fp16 only), 8 the one-row gemv kernel.
 torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, int64_t path,
-                           torch::Tensor barrier) {
+                           torch::Tensor barrier, int64_t gemm_choice) {
     require_cuda(x, "x");
     auto p = layer_params(tables, ints);
     TORCH_CHECK(x.size(-1) == p.in_dim(), "layer expects last axis ", p.in_dim());
@@ -202,12 +202,29 @@ torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, s
         TORCH_CHECK(x.scalar_type() == torch::kHalf, "the dense path takes float16 activations");
         auto ws = workspace(fq::frame_linear_dense_workspace_bytes(p));
         check(fq::launch_frame_linear_dense(p, x.data_ptr(), y.data_ptr(), rows, ws.data_ptr(),
-                                            at::cuda::getCurrentCUDABlasLtHandle(), stream),
+                                            at::cuda::getCurrentCUDABlasLtHandle(), stream,
+                                            static_cast<int>(gemm_choice)),
               "frame_linear_dense");
     } else {
         TORCH_CHECK(false, "unknown layer path ", path);
     }
     return y;
+}
+
+// Length of cuBLASLt's heuristic list for the dense form's GEMM on x (fp16, rows x in dim).
+int64_t dense_gemm_choices(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints) {
+    require_cuda(x, "x");
+    TORCH_CHECK(x.scalar_type() == torch::kHalf, "the dense path takes float16 activations");
+    auto p = layer_params(tables, ints);
+    TORCH_CHECK(x.size(-1) == p.in_dim(), "layer expects last axis ", p.in_dim());
+    const int64_t rows = x.numel() / p.in_dim();
+    auto shape = x.sizes().vec();
+    shape.back() = p.out_dim();
+    auto y = torch::empty(shape, x.options());
+    auto ws = torch::empty({static_cast<int64_t>(fq::frame_linear_dense_workspace_bytes(p))},
+                           x.options().dtype(torch::kUInt8));
+    return fq::frame_linear_dense_gemm_choices(p, x.data_ptr(), y.data_ptr(), rows, ws.data_ptr(),
+                                               at::cuda::getCurrentCUDABlasLtHandle());
 }
 
 // W^T = (P_out D_hat P_in^T)^T, (in dim, out dim) fp16, as the dense path builds it.
@@ -267,7 +284,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("frame", &frame);
     m.def("packed_matmul", &packed_matmul);
     m.def("dequantize", &dequantize);
-    m.def("frame_linear", &frame_linear);
+    m.def("frame_linear", &frame_linear, pybind11::arg("x"), pybind11::arg("tables"), pybind11::arg("ints"),
+          pybind11::arg("path"), pybind11::arg("barrier"), pybind11::arg("gemm_choice") = 0);
+    m.def("dense_gemm_choices", &dense_gemm_choices);
     m.def("effective_weight", &effective_weight);
     m.def("dense_min_rows", &fq::dense_min_rows);
     // The automatic layer path (fq::auto_layer_path; this extension links cuBLAS) as a PATHS number.

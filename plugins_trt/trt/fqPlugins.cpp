@@ -460,7 +460,8 @@ FQFrameLinearPlugin::FQFrameLinearPlugin(std::vector<int32_t> values)
 }
 
 FQFrameLinearPlugin::FQFrameLinearPlugin(FQFrameLinearPlugin const& other)
-    : FQPluginBase(other), params_(other.params_) {}  // barrier and handles: the clone makes its own
+    : FQPluginBase(other), dense_reachable_(other.dense_reachable_), tactic_(other.tactic_), params_(other.params_) {
+}  // barrier and handles: the clone makes its own
 
 FQFrameLinearPlugin::~FQFrameLinearPlugin() {
     if (barrier_) cudaFree(barrier_);
@@ -573,6 +574,27 @@ int32_t FQFrameLinearPlugin::onShapeChange(PluginTensorDesc const* in, int32_t n
     }
 }
 
+int32_t FQFrameLinearPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
+                                             DynamicPluginTensorDesc const*, int32_t) noexcept {
+    if (nbInputs < 1) return 1;
+    dense_reachable_ = path_for(in[0].desc.type, std::max<int64_t>(1, leading_rows(in[0].max))) == Path::kDense;
+    return 0;
+}
+
+int32_t FQFrameLinearPlugin::getNbTactics() noexcept { return dense_reachable_ ? kDenseGemmChoices : 0; }
+
+int32_t FQFrameLinearPlugin::getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept {
+    if (tactics == nullptr || nbTactics > getNbTactics()) return 1;
+    for (int32_t t = 0; t < nbTactics; ++t) tactics[t] = t + 1;
+    return 0;
+}
+
+int32_t FQFrameLinearPlugin::setTactic(int32_t tactic) noexcept {
+    if (tactic < 0 || tactic > kDenseGemmChoices) return 1;
+    tactic_ = tactic;
+    return 0;
+}
+
 int32_t FQFrameLinearPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
                                              DimsExprs* outputs, int32_t nbOutputs,
                                              nvinfer1::IExprBuilder& builder) noexcept {
@@ -638,7 +660,8 @@ int32_t FQFrameLinearPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
                 break;
             case Path::kDense:
                 if (!cublaslt_) throw std::runtime_error("no cuBLASLt handle (onShapeChange did not run)");
-                err = launch_frame_linear_dense(p, inputs[0], outputs[0], rows, ws, cublaslt_, stream);
+                err = launch_frame_linear_dense(p, inputs[0], outputs[0], rows, ws, cublaslt_, stream,
+                                                tactic_ > 0 ? tactic_ - 1 : 0);
                 break;
 #else
             default: throw std::logic_error("path needs cuBLAS");
