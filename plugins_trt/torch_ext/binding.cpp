@@ -151,15 +151,20 @@ fq::FrameLinearParams layer_params(const std::vector<torch::Tensor>& t, const st
 // epilogue (fp16 only), 4 the decode kernel (rows <= kDecodeRows), 5 the cooperative kernel, 6 the
 // spread decode kernel (rows <= kDecodeRows), 7 the dense form (effective weight + one cuBLASLt GEMM,
 // fp16 only), 8 the one-row gemv kernel.
-torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, int64_t path,
-                           torch::Tensor barrier, int64_t gemm_choice) {
+// An output tensor for x's rows (x on CUDA, its last axis the layer's input width).
+torch::Tensor layer_output(const torch::Tensor& x, const fq::FrameLinearParams& p) {
     require_cuda(x, "x");
-    auto p = layer_params(tables, ints);
     TORCH_CHECK(x.size(-1) == p.in_dim(), "layer expects last axis ", p.in_dim());
-    const int64_t rows = x.numel() / p.in_dim();
     auto shape = x.sizes().vec();
     shape.back() = p.out_dim();
-    auto y = torch::empty(shape, x.options());
+    return torch::empty(shape, x.options());
+}
+
+torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, int64_t path,
+                           torch::Tensor barrier, int64_t gemm_choice) {
+    auto p = layer_params(tables, ints);
+    auto y = layer_output(x, p);
+    const int64_t rows = x.numel() / p.in_dim();
     auto stream = c10::cuda::getCurrentCUDAStream();
     auto workspace = [&](size_t bytes) {
         return torch::empty({static_cast<int64_t>(bytes)}, x.options().dtype(torch::kUInt8));
@@ -213,14 +218,10 @@ torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, s
 
 // Length of cuBLASLt's heuristic list for the dense form's GEMM on x (fp16, rows x in dim).
 int64_t dense_gemm_choices(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints) {
-    require_cuda(x, "x");
     TORCH_CHECK(x.scalar_type() == torch::kHalf, "the dense path takes float16 activations");
     auto p = layer_params(tables, ints);
-    TORCH_CHECK(x.size(-1) == p.in_dim(), "layer expects last axis ", p.in_dim());
+    auto y = layer_output(x, p);
     const int64_t rows = x.numel() / p.in_dim();
-    auto shape = x.sizes().vec();
-    shape.back() = p.out_dim();
-    auto y = torch::empty(shape, x.options());
     auto ws = torch::empty({static_cast<int64_t>(fq::frame_linear_dense_workspace_bytes(p))},
                            x.options().dtype(torch::kUInt8));
     return fq::frame_linear_dense_gemm_choices(p, x.data_ptr(), y.data_ptr(), rows, ws.data_ptr(),
