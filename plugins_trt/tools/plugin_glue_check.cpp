@@ -201,13 +201,15 @@ int main(int argc, char** argv) {
             const double tol = std::stod(c[3]);
             const auto x = read_bin<float>(dir + "/x_" + name + ".bin");
             const auto ref = read_bin<double>(dir + "/y_" + name + ".bin");
-            // The profile: rows from 1 to max_rows; the workspace the plugin asks for at its maximum.
+            // The profile: rows from 1 to max_rows, the case's rows as its opt shape (where the plugin
+            // offers tactics); the workspace the plugin asks for at its maximum.
             const DataType st = scale_fp16 ? DataType::kHALF : DataType::kFLOAT;
             DynamicPluginTensorDesc in[5] = {desc(act, dims2(rows, n)), desc(DataType::kINT32, dims2(k_out, words)),
                                              desc(st, dims1(k_out)), desc(st, dims1(k_out)),
                                              desc(DataType::kFLOAT, dims1(m))};
             in[0].min = dims2(1, n);
             in[0].max = dims2(max_rows, n);
+            in[0].opt = dims2(rows, n);
             DynamicPluginTensorDesc out[1] = {desc(act, dims2(rows, m))};
             if (cbuild->configurePlugin(in, 5, out, 1) != 0) throw std::runtime_error("configurePlugin");
             const size_t ws_bytes = cbuild->getWorkspaceSize(in, 5, out, 1);

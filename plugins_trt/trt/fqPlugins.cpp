@@ -460,7 +460,7 @@ FQFrameLinearPlugin::FQFrameLinearPlugin(std::vector<int32_t> values)
 }
 
 FQFrameLinearPlugin::FQFrameLinearPlugin(FQFrameLinearPlugin const& other)
-    : FQPluginBase(other), dense_reachable_(other.dense_reachable_), tactic_(other.tactic_), params_(other.params_) {
+    : FQPluginBase(other), dense_at_opt_(other.dense_at_opt_), tactic_(other.tactic_), params_(other.params_) {
 }  // barrier and handles: the clone makes its own
 
 FQFrameLinearPlugin::~FQFrameLinearPlugin() {
@@ -577,11 +577,14 @@ int32_t FQFrameLinearPlugin::onShapeChange(PluginTensorDesc const* in, int32_t n
 int32_t FQFrameLinearPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
                                              DynamicPluginTensorDesc const*, int32_t) noexcept {
     if (nbInputs < 1) return 1;
-    dense_reachable_ = path_for(in[0].desc.type, std::max<int64_t>(1, leading_rows(in[0].max))) == Path::kDense;
+    // The builder times tactics at the profile's opt shape: tactics only where that shape takes
+    // the dense form (the profile's maximum where no opt shape is given).
+    const nvinfer1::Dims& tuned = in[0].opt.nbDims == in[0].max.nbDims && in[0].opt.nbDims > 0 ? in[0].opt : in[0].max;
+    dense_at_opt_ = path_for(in[0].desc.type, std::max<int64_t>(1, leading_rows(tuned))) == Path::kDense;
     return 0;
 }
 
-int32_t FQFrameLinearPlugin::getNbTactics() noexcept { return dense_reachable_ ? kDenseGemmChoices : 0; }
+int32_t FQFrameLinearPlugin::getNbTactics() noexcept { return dense_at_opt_ ? kDenseGemmChoices : 0; }
 
 int32_t FQFrameLinearPlugin::getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept {
     if (tactics == nullptr || nbTactics > getNbTactics()) return 1;

@@ -177,9 +177,9 @@ public:
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
                     void const* const* inputs, void* const* outputs, void* workspace,
                     cudaStream_t stream) noexcept override;
-    // Tactics: where the profile reaches the dense form, tactic t (1..kDenseGemmChoices) runs its
-    // GEMM with entry t - 1 of cuBLASLt's heuristic list, and TensorRT times them (0, the default:
-    // the list's first entry). Other paths ignore the tactic.
+    // Tactics: where the profile's opt shape takes the dense form, tactic t (1..kDenseGemmChoices)
+    // runs its GEMM with entry t - 1 of cuBLASLt's heuristic list, and TensorRT times them there
+    // (0, the default: the list's first entry). Other paths ignore the tactic.
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
                             nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t getNbTactics() noexcept override;
@@ -188,7 +188,7 @@ public:
 
 private:
     using Path = LayerPath;
-    bool dense_reachable_ = false;  // configurePlugin: the profile's largest row count takes the dense form
+    bool dense_at_opt_ = false;  // configurePlugin: the profile's opt row count takes the dense form
     int32_t tactic_ = 0;
     Path path_for(nvinfer1::DataType type, int64_t rows) const;
     FrameLinearParams shape_params() const;  // sizes only, no table pointers
