@@ -1,9 +1,11 @@
 // Runs the FQFrameLinear plugin through TensorRT's calling sequence without TensorRT: the
-// creator from getCreators, createPlugin from the ONNX node's INT fields (kBUILD), the build
-// checks (supportsFormatCombination, getOutputDataTypes, getWorkspaceSize over a profile), the
-// serialized fields back through createPlugin (kRUNTIME), attachToContext (a clone), and per case
-// onShapeChange + enqueue on a stream for the default tactic and every tactic the plugin
-// advertises, with a workspace of the size the plugin asked for, filled with NaN bytes first. Compared with the float64 reference that plugin_glue_check.py wrote.
+// creator from getCreators, createPlugin from the ONNX node's INT fields (kBUILD), the timing
+// cache ID (the same for a layer with other seeds), the build checks (supportsFormatCombination,
+// getOutputDataTypes, getWorkspaceSize over a profile), the serialized fields back through
+// createPlugin (kRUNTIME), attachToContext (a clone), and per case onShapeChange + enqueue on a
+// stream for the default tactic and every tactic the plugin advertises at the case's opt shape,
+// with a workspace of the size the plugin asked for, filled with NaN bytes first. Compared with
+// the float64 reference that plugin_glue_check.py wrote.
 //
 //   plugin_glue_check DIR      (DIR from `python plugins_trt/tools/plugin_glue_check.py data DIR`)
 //
@@ -137,6 +139,26 @@ int main(int argc, char** argv) {
         const int64_t k_out = std::stoll(meta.at("k_out")[0]), words = std::stoll(meta.at("words")[0]);
         const int64_t max_rows = std::stoll(meta.at("max_rows")[0]);
         auto* build = static_cast<IPluginV3OneBuild*>(built->getCapabilityInterface(PluginCapabilityType::kBUILD));
+        // The timing cache ID: set, and the same for a layer that differs only in its seeds.
+        {
+            char const* id = build->getTimingCacheID();
+            if (!id || !*id) throw std::runtime_error("no timing cache ID");
+            const std::string first(id);
+            std::vector<int64_t> other = values;
+            for (size_t i = 0; i < names.size(); ++i)
+                if (names[i].rfind("seed", 0) == 0) other[i] += 17;
+            std::vector<PluginField> of;
+            for (size_t i = 0; i < names.size(); ++i) of.emplace_back(names[i].c_str(), &other[i], PluginFieldType::kINT64, 1);
+            PluginFieldCollection ofc{static_cast<int32_t>(of.size()), of.data()};
+            IPluginV3* twin = creator->createPlugin("twin", &ofc, TensorRTPhase::kBUILD);
+            if (!twin) throw std::runtime_error("createPlugin (other seeds) failed");
+            auto* twin_build = static_cast<IPluginV3OneBuild*>(twin->getCapabilityInterface(PluginCapabilityType::kBUILD));
+            char const* twin_id = twin_build->getTimingCacheID();
+            const bool same = twin_id && first == twin_id;
+            delete twin;
+            if (!same) throw std::runtime_error("layers differing only in their seeds have different timing cache IDs");
+            std::printf("timing cache ID %s\n", first.c_str());
+        }
 
         // Formats: x fp16/fp32, codes int32, scale/zero fp32 (the ONNX Cast) or fp16, bias fp32, y as x.
         auto desc = [](DataType t, Dims d) {

@@ -598,6 +598,18 @@ int32_t FQFrameLinearPlugin::setTactic(int32_t tactic) noexcept {
     return 0;
 }
 
+char const* FQFrameLinearPlugin::getTimingCacheID() noexcept {
+    try {
+        std::string id;
+        for (size_t i = 0; i < field_names_.size() && i < values_.size(); ++i)
+            if (field_names_[i].rfind("seed", 0) != 0) id += field_names_[i] + "=" + std::to_string(values_[i]) + ";";
+        timing_id_ = id;
+        return timing_id_.c_str();
+    } catch (std::exception const&) {
+        return nullptr;  // no timing cache for this plugin
+    }
+}
+
 int32_t FQFrameLinearPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const*, int32_t,
                                              DimsExprs* outputs, int32_t nbOutputs,
                                              nvinfer1::IExprBuilder& builder) noexcept {

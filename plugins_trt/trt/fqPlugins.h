@@ -185,11 +185,15 @@ public:
     int32_t getNbTactics() noexcept override;
     int32_t getValidTactics(int32_t* tactics, int32_t nbTactics) noexcept override;
     int32_t setTactic(int32_t tactic) noexcept override;
+    // Layers that differ only in their rotation seeds run the same kernels for the same time, so
+    // the builder may time one and reuse it (TensorRT adds the I/O shapes and formats itself).
+    char const* getTimingCacheID() noexcept override;
 
 private:
     using Path = LayerPath;
     bool dense_at_opt_ = false;  // configurePlugin: the profile's opt row count takes the dense form
     int32_t tactic_ = 0;
+    std::string timing_id_;
     Path path_for(nvinfer1::DataType type, int64_t rows) const;
     FrameLinearParams shape_params() const;  // sizes only, no table pointers
     size_t workspace_for(nvinfer1::DataType type, int64_t rows) const;
