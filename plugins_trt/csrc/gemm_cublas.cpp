@@ -143,10 +143,10 @@ uint32_t alignment_of(const void* p) {
 
 // y (rows x m) = x (rows x n) w_t (n x m) + bias, fp16 with fp32 accumulation. Column-major view:
 // y^T (m x rows) = w_t^T (m x n, ld m) x^T (n x rows, ld n), the bias one value per row of y^T.
-// The descriptors and cuBLASLt's heuristic list for them (at most kDenseGemmChoices entries);
-// false where a descriptor cannot be made or the list is empty.
+// The descriptors and the first `want` entries of cuBLASLt's heuristic list for them (want at most
+// kDenseGemmChoices); false where a descriptor cannot be made or the list is empty.
 bool lt_candidates(cublasLtHandle_t handle, const void* w_t, const void* x, const void* y, const void* bias,
-                   int64_t n, int64_t m, int64_t rows, LtCall& c, cublasLtMatmulHeuristicResult_t* list,
+                   int64_t n, int64_t m, int64_t rows, int want, LtCall& c, cublasLtMatmulHeuristicResult_t* list,
                    int* found) {
     const cublasOperation_t no = CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
@@ -171,24 +171,38 @@ bool lt_candidates(cublasLtHandle_t handle, const void* w_t, const void* x, cons
         ok = cublasLtMatmulPreferenceSetAttribute(c.pref, which[i], &align[i], sizeof(align[i])) == CUBLAS_STATUS_SUCCESS;
     *found = 0;
     return ok &&
-           cublasLtMatmulAlgoGetHeuristic(handle, c.op, c.a, c.b, c.d, c.d, c.pref, kDenseGemmChoices, list, found) ==
+           cublasLtMatmulAlgoGetHeuristic(handle, c.op, c.a, c.b, c.d, c.d, c.pref, want, list, found) ==
                CUBLAS_STATUS_SUCCESS &&
            *found > 0;
 }
 
-// The GEMM with entry `choice` of the heuristic list (past its end: the last entry).
+// The GEMM with entry `choice` of the heuristic list (past its end: the last entry). The list is
+// asked for only as far as that entry, so the default choice costs one entry's query per call.
 cudaError_t lt_gemm_bias(cublasLtHandle_t handle, const __half* w_t, const __half* x, __half* y, const __half* bias,
                          int64_t n, int64_t m, int64_t rows, void* lt_ws, int choice, cudaStream_t stream) {
+    choice = std::min(std::max(choice, 0), kDenseGemmChoices - 1);
     LtCall c;
     cublasLtMatmulHeuristicResult_t list[kDenseGemmChoices]{};
     int found = 0;
-    if (!lt_candidates(handle, w_t, x, y, bias, n, m, rows, c, list, &found)) return cudaErrorNotSupported;
-    const cublasLtMatmulAlgo_t& algo = list[std::min(std::max(choice, 0), found - 1)].algo;
+    if (!lt_candidates(handle, w_t, x, y, bias, n, m, rows, choice + 1, c, list, &found)) return cudaErrorNotSupported;
+    const cublasLtMatmulAlgo_t& algo = list[std::min(choice, found - 1)].algo;
     const float alpha = 1.f, beta = 0.f;
     return cublasLtMatmul(handle, c.op, &alpha, w_t, c.a, x, c.b, &beta, y, c.d, y, c.d, &algo, lt_ws, kLtWorkspace,
                           stream) == CUBLAS_STATUS_SUCCESS
                ? cudaSuccess
                : cudaErrorUnknown;
+}
+
+// The dense form's workspace after the build's two scratch buffers: the fp16 bias (where the layer
+// has one), then cuBLASLt's scratch.
+struct DenseTail {
+    __half* bias;
+    char* lt_ws;
+};
+DenseTail dense_tail(const FrameLinearParams& p, void* workspace) {
+    char* const after_weight = static_cast<char*>(workspace) + effective_weight_workspace_bytes(p);
+    return {p.bias ? reinterpret_cast<__half*>(after_weight) : nullptr,
+            after_weight + align256(sizeof(__half) * p.out_dim())};
 }
 
 }  // namespace
@@ -201,16 +215,15 @@ cudaError_t launch_frame_linear_dense(const FrameLinearParams& p, const void* x,
                                       void* workspace, void* cublaslt_handle, cudaStream_t stream, int gemm_choice) {
     if (rows == 0) return cudaSuccess;
     if (cublaslt_handle == nullptr) return cudaErrorInvalidValue;
-    char* const after_weight = static_cast<char*>(workspace) + effective_weight_workspace_bytes(p);
-    __half* bias = p.bias ? reinterpret_cast<__half*>(after_weight) : nullptr;
-    void* lt_ws = after_weight + align256(sizeof(__half) * p.out_dim());
+    const DenseTail tail = dense_tail(p, workspace);
+    __half* const bias = tail.bias;
     __half* w_t = nullptr;
     cudaError_t err = launch_effective_weight(p, workspace, &w_t, stream);
     // cuBLASLt adds a bias of the output's type: fp16 (the output is rounded to fp16 anyway).
     if (err == cudaSuccess && bias) err = launch_half_from_float(p.bias, bias, p.out_dim(), stream);
     if (err != cudaSuccess) return err;
     return lt_gemm_bias(static_cast<cublasLtHandle_t>(cublaslt_handle), w_t, static_cast<const __half*>(x),
-                        static_cast<__half*>(y), bias, p.in_dim(), p.out_dim(), rows, lt_ws, gemm_choice, stream);
+                        static_cast<__half*>(y), bias, p.in_dim(), p.out_dim(), rows, tail.lt_ws, gemm_choice, stream);
 }
 
 int frame_linear_dense_gemm_choices(const FrameLinearParams& p, const void* x, const void* y, int64_t rows,
@@ -218,12 +231,11 @@ int frame_linear_dense_gemm_choices(const FrameLinearParams& p, const void* x, c
     if (cublaslt_handle == nullptr || rows <= 0) return 0;
     // The build leaves W^T at the start of either scratch buffer: both 256-byte aligned when the
     // workspace is, as the bias is.
-    const char* after_weight = static_cast<const char*>(workspace) + effective_weight_workspace_bytes(p);
     LtCall c;
     cublasLtMatmulHeuristicResult_t list[kDenseGemmChoices]{};
     int found = 0;
-    lt_candidates(static_cast<cublasLtHandle_t>(cublaslt_handle), workspace, x, y, p.bias ? after_weight : nullptr,
-                  p.in_dim(), p.out_dim(), rows, c, list, &found);
+    lt_candidates(static_cast<cublasLtHandle_t>(cublaslt_handle), workspace, x, y, dense_tail(p, workspace).bias,
+                  p.in_dim(), p.out_dim(), rows, kDenseGemmChoices, c, list, &found);
     return found;
 }
 
