@@ -55,41 +55,7 @@ def time_fn(fn, inputs, reps=30, calls=CALLS_PER_GRAPH, weights=None) -> tuple[f
     for i in range(max(len(inputs), len(weights or []))):
         call(i)
     torch.cuda.synchronize()
-    try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for i in range(len(inputs)):
-                call(i)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for i in range(calls):
-                call(i)
-        graph.replay()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1000 / calls)
-        return statistics.median(times), "graph"
-    except Exception as err:  # noqa: BLE001 - report and fall back to eager timing
-        torch.cuda.synchronize()
-        note = f"eager ({type(err).__name__})"
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for i in range(calls):
-            call(i)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / calls)
-    return statistics.median(times), note
+    return harness.gpu_time_us(call, calls, reps, warm=len(inputs))
 
 
 def copy_bandwidth() -> float:

@@ -214,47 +214,20 @@ class KernelLinear(nn.Module):
     def choose_dense_gemm(self, x: torch.Tensor, calls: int = 10, repeats: int = 5) -> list[float]:
         """Times the dense path with every entry of cuBLASLt's heuristic list on ``x`` and keeps the
         fastest in ``gemm_choice``, as TensorRT's builder times a plugin's tactics (GPU time only:
-        ``calls`` calls captured in a CUDA graph, the median of ``repeats`` replays; eager calls
-        where capture fails). Returns the microseconds per call of each entry."""
-        import statistics
-
+        ``gpu_time_us`` over ``calls`` calls and ``repeats`` replays). Returns the microseconds per
+        call of each entry."""
         ext = load_extension()
         x = x.half().contiguous()
         tables, ints = self.tables(x.device)
         barrier = torch.zeros(1, dtype=torch.int32, device=x.device)
         times = []
         for choice in range(self.dense_gemm_choices(x)):
-            def call():
+            def call(_, choice=choice):
                 ext.frame_linear(x, tables, ints, PATHS["dense"], barrier, gemm_choice=choice)
 
-            def run_calls():
-                for _ in range(calls):
-                    call()
-
-            stream = torch.cuda.Stream(x.device)
-            stream.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(stream):  # warm-up on the capture stream (its cuBLASLt workspace)
-                call()
-            torch.cuda.current_stream(x.device).wait_stream(stream)
+            call(0)
             torch.cuda.synchronize(x.device)
-            try:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=stream):
-                    run_calls()
-                replay = graph.replay
-            except RuntimeError:
-                torch.cuda.synchronize(x.device)
-                replay = run_calls
-            replay()
-            runs = []
-            for _ in range(repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                replay()
-                end.record()
-                end.synchronize()
-                runs.append(start.elapsed_time(end) * 1000 / calls)
-            times.append(statistics.median(runs))
+            times.append(gpu_time_us(call, calls, repeats)[0])
         if not times:
             raise RuntimeError("cuBLASLt offers no GEMM for the dense path of this layer")
         self.gemm_choice = min(range(len(times)), key=times.__getitem__)
@@ -305,6 +278,44 @@ class KernelLinear(nn.Module):
         y = ext.frame_linear(x.to(dtype).contiguous(), tables, ints, PATHS[path], self._barrier,
                              gemm_choice=self.gemm_choice)
         return y.to(x.dtype)
+
+
+def gpu_time_us(call, calls: int, reps: int, warm: int = 1) -> tuple[float, str]:
+    """Median microseconds per call of ``call(i)``, i = 0 .. calls - 1, over ``reps`` runs timed with
+    CUDA events: the calls captured once in a CUDA graph and replayed (GPU time only; ``warm``
+    calls first on a side stream, as capture needs), else, where capture fails, called eagerly.
+    Returns the time and how it was taken: ``"graph"`` or ``"eager (<error>)"``."""
+    import statistics
+
+    def eager():
+        for i in range(calls):
+            call(i)
+
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for i in range(warm):
+                call(i)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            eager()
+        graph.replay()
+        torch.cuda.synchronize()
+        run, how = graph.replay, "graph"
+    except Exception as err:  # noqa: BLE001 - report and fall back to eager timing
+        torch.cuda.synchronize()
+        run, how = eager, f"eager ({type(err).__name__})"
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / calls)
+    return statistics.median(times), how
 
 
 def effective_weight(layer: FrameQuantLinear, device="cuda", by_rows: bool = False) -> torch.Tensor:
