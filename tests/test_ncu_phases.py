@@ -59,3 +59,46 @@ def test_page_without_sass_is_refused(tmp_path):
     page.write_text('"File Path","/x/kernel.cu"\n"Line No","Source"\n"1","int x;"\n')
     with pytest.raises(SystemExit, match="no SASS rows"):
         ncu_phases.read_sass(str(page))
+
+
+def test_function_lines_finds_the_definition_not_calls():
+    text = (
+        "__device__ int helper(int x);  // a declaration: helper(\n"   # 1
+        "__device__ int helper(int x) {\n"                              # 2
+        "    if (x) { return 1; }  // a brace in a comment: {\n"        # 3
+        "    return 0;\n"                                               # 4
+        "}\n"                                                           # 5
+        "__global__ void kernel(int* p,\n"                              # 6
+        "                       int n) {\n"                             # 7
+        "    p[0] = helper(n);\n"                                       # 8
+        "}\n"                                                           # 9
+    )
+    assert ncu_phases.function_lines(text, "helper") == (2, 5)
+    assert ncu_phases.function_lines(text, "kernel") == (6, 9)
+    with pytest.raises(ValueError, match="no definition of missing"):
+        ncu_phases.function_lines(text, "missing")
+
+
+def test_function_phases_on_the_kernel_source():
+    # The side-rows kernel's helpers resolve in the real source, each inside the file and in order.
+    text = (ncu_phases.CSRC / "effective_weight.cu").read_text()
+    spans = [ncu_phases.function_lines(text, f) for f in ("warp_gather", "warp_odd_mix", "side_rows_kernel")]
+    assert all(first < last for first, last in spans)
+    assert spans[0][1] < spans[1][0] < spans[1][1] < spans[2][0]
+    assert "side_rows_kernel" in text.splitlines()[spans[2][0] - 1]
+
+
+def test_function_phase_matches_the_line_range(tmp_path):
+    # --function resolves a function's body to its lines and sums like the same --phase range.
+    page = tmp_path / "page.csv"
+    write_page(page)
+    source = ["// filler"] * 4 + ["__device__ void gather_rows(int j) {"] + ["    work(j);"] * 10 + ["}"]
+    (tmp_path / "kernel.cu").write_text("\n".join(source) + "\n")  # gather_rows: lines 5-16
+    run = lambda *a: subprocess.run([sys.executable, str(ROOT / "plugins_trt/tools/ncu_phases.py"), str(page), *a],
+                                    capture_output=True, text=True, check=True).stdout
+    by_function = run("--function", "gather=kernel.cu:gather_rows", "--source-dir", str(tmp_path))
+    by_lines = run("--phase", "gather=kernel.cu:5-16")
+    assert by_function == by_lines
+    # Every instruction after the first gather one is unphased (line 20 is no phase here), so it
+    # stays with gather: 10 + 20 + 100 + 40 + 300.
+    assert by_function.splitlines()[1].split()[:2] == ["gather", "470"]

@@ -2,19 +2,27 @@
 
 Reads the CSV of ``ncu --import R.ncu-rep --page source --csv --print-source cuda,sass`` (CUDA lines
 with their SASS instructions under them) and sums "Instructions Executed" and "Warp Stall Sampling
-(All Samples)" per phase. A phase is a line range of one source file (``--phase NAME=FILE:FIRST-LAST``,
-repeatable). An instruction whose innermost line is in no phase (an inlined helper from a header) is
-given the phase of the nearest phased instruction before it in address order, since inlined code
-sits inside its caller's code. Prints a table; ``--lines N`` also prints the N hottest lines.
+(All Samples)" per phase. A phase is a line range of one source file (``--phase NAME=FILE:FIRST-LAST``)
+or the bodies of named functions (``--function NAME=FILE:FUNC[+FUNC...]``, found in FILE under
+``--source-dir``, default plugins_trt/csrc, so that the phases follow the source as it changes); both
+repeatable, the first match wins. An instruction whose innermost line is in no phase (an inlined
+helper from a header) is given the phase of the nearest phased instruction before it in address
+order, since inlined code sits inside its caller's code. Prints a table; ``--lines N`` also prints
+the N hottest lines.
 
     python plugins_trt/tools/ncu_phases.py cs.csv --phase gather=effective_weight.cu:333-385 ...
+    python plugins_trt/tools/ncu_phases.py cs.csv --function gather=effective_weight.cu:warp_gather ...
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 from collections import defaultdict
+from pathlib import Path
+
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
 INSTR = "Instructions Executed"
 SAMPLES = "Warp Stall Sampling (All Samples)"
@@ -59,13 +67,57 @@ def parse_phase(spec: str):
     return name, file, first, last
 
 
+def function_lines(text: str, func: str) -> tuple[int, int]:
+    """1-based first and last line of the definition of ``func`` in C++/CUDA source ``text``: the
+    first ``func(`` whose parameter list is followed by a body (not ``;``), through its closing brace."""
+    code = re.sub(r"//[^\n]*", lambda m: " " * len(m.group()), text)  # comments out, offsets kept
+    for match in re.finditer(rf"\b{re.escape(func)}\s*\(", code):
+        depth, i = 0, match.end() - 1
+        while i < len(code):  # the parameter list
+            depth += {"(": 1, ")": -1}.get(code[i], 0)
+            i += 1
+            if depth == 0:
+                break
+        rest = code[i:]
+        head = re.match(r"[^;{]*", rest).group()
+        if not rest[len(head):].startswith("{"):
+            continue  # a call or a declaration
+        start = i + len(head)
+        depth, j = 0, start
+        while j < len(code):
+            depth += {"{": 1, "}": -1}.get(code[j], 0)
+            j += 1
+            if depth == 0:
+                return code.count("\n", 0, match.start()) + 1, code.count("\n", 0, j - 1) + 1
+    raise ValueError(f"no definition of {func}")
+
+
+def parse_function(spec: str, source_dir: Path):
+    """NAME=FILE:FUNC[+FUNC...] -> [(name, file, first, last)] for each function's body."""
+    name, where = spec.split("=", 1)
+    file, funcs = where.rsplit(":", 1)
+    text = (source_dir / file).read_text()
+    out = []
+    for func in funcs.split("+"):
+        try:
+            first, last = function_lines(text, func)
+        except ValueError as err:
+            sys.exit(f"{source_dir / file}: {err}")
+        out.append((name, file, first, last))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv")
     ap.add_argument("--phase", action="append", default=[], help="NAME=FILE:FIRST-LAST (FILE: a path suffix)")
+    ap.add_argument("--function", action="append", default=[], help="NAME=FILE:FUNC[+FUNC...] (FILE under --source-dir)")
+    ap.add_argument("--source-dir", type=Path, default=CSRC, help="where --function's files are (default: plugins_trt/csrc)")
     ap.add_argument("--lines", type=int, default=0, help="also print the N hottest source lines")
     args = ap.parse_args()
     phases = [parse_phase(p) for p in args.phase]
+    for spec in args.function:
+        phases += parse_function(spec, args.source_dir)
     sass = read_sass(args.csv)
 
     def phase_of(file, line):
