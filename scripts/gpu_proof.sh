@@ -2,7 +2,8 @@
 # The GPU proof of plugins_trt (H100, H200) (run from the repo root on the GPU machine; $OUT collects results):
 # kernel tests against fq_export's PyTorch reference (random and real MiniLM layers), whole-model
 # MiniLM and ViT-B/16 forward passes through the kernels, benchmarks/kernels.py, the FQFrameLinear plugin
-# glue check (where FQ_TRT_INCLUDE points at TensorRT's headers) and the split and gemv kernels' traces.
+# glue check (where FQ_TRT_INCLUDE points at TensorRT's headers), the split and gemv kernels' traces and,
+# where ncu is installed, the side-rows pass's Nsight Compute profile by function.
 set -u
 OUT=${OUT:-/tmp/fq-gpu-proof}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD
@@ -34,4 +35,21 @@ if [ "${TRACE_TIMEOUT:-150}" != 0 ]; then
   FQ_TRACE=1 timeout ${TRACE_TIMEOUT:-150} python plugins_trt/tools/trace_decode.py --path gemv \
     --shapes 4096x4096,1024x2048 > "$OUT/trace_gemv.txt" 2>&1
   echo "trace gemv rc=$? $(( $(date +%s) - start ))s"; cat "$OUT/trace_gemv.txt"
+fi
+# Where the 11008-wide side-rows pass of the dense build spends its time: Nsight Compute's source page
+# summed by function (benchmarks/results/h200/side_rows_phases.txt; PROFILE_TIMEOUT=0 skips it).
+NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+if [ "${PROFILE_TIMEOUT:-200}" != 0 ] && [ -x "$NCU" ]; then
+  for shape in 4096x11008 11008x4096; do
+    timeout ${PROFILE_TIMEOUT:-200} "$NCU" --set full --import-source yes --clock-control none -k regex:side_rows_kernel \
+      --launch-count 1 -f -o "$OUT/side_rows_$shape" \
+      python plugins_trt/tools/profile_kernels.py --shape $shape --rows 12608 --path dense > "$OUT/side_rows_ncu_$shape.txt" 2>&1
+    echo "ncu $shape rc=$? $(( $(date +%s) - start ))s"
+    "$NCU" --import "$OUT/side_rows_$shape.ncu-rep" --page source --csv --print-source cuda,sass > "$OUT/side_rows_source_$shape.csv"
+    python plugins_trt/tools/ncu_phases.py "$OUT/side_rows_source_$shape.csv" --lines 15 \
+      --function gather=effective_weight.cu:warp_gather --function dft=effective_weight.cu:warp_dft_in_place+mma_tile_ldsm \
+      --function odd_mix=effective_weight.cu:warp_odd_mix --function wht=effective_weight.cu:wht_pass16+wht_pass_scalar \
+      --function decode=effective_weight.cu:rows_decode --function kernel_body=effective_weight.cu:side_rows_kernel \
+      | tee "$OUT/side_rows_phases_$shape.txt"
+  done
 fi
