@@ -117,22 +117,22 @@ int main(int argc, char** argv) {
         std::vector<std::string> names = meta.at("fields");
         std::vector<int64_t> values;
         for (auto const& v : meta.at("values")) values.push_back(std::stoll(v));
-        std::vector<PluginField> fields;
-        for (size_t i = 0; i < names.size(); ++i)
-            fields.emplace_back(names[i].c_str(), &values[i], PluginFieldType::kINT64, 1);
-        PluginFieldCollection fc{static_cast<int32_t>(fields.size()), fields.data()};
-        IPluginV3* built = creator->createPlugin("layer", &fc, TensorRTPhase::kBUILD);
+        // createPlugin (kBUILD) from INT64 fields with these values, one per name.
+        auto create = [&](char const* label, std::vector<int64_t> const& vals) {
+            std::vector<PluginField> fields;
+            for (size_t i = 0; i < names.size(); ++i)
+                fields.emplace_back(names[i].c_str(), &vals[i], PluginFieldType::kINT64, 1);
+            PluginFieldCollection fc{static_cast<int32_t>(fields.size()), fields.data()};
+            return creator->createPlugin(label, &fc, TensorRTPhase::kBUILD);
+        };
+        IPluginV3* built = create("layer", values);
         if (!built) throw std::runtime_error("createPlugin (kBUILD) failed");
         // A bad recipe is refused at creation.
         {
             std::vector<int64_t> bad = values;
             for (size_t i = 0; i < names.size(); ++i)
                 if (names[i] == "frame_in_rho") bad[i] = 0;
-            std::vector<PluginField> bf;
-            for (size_t i = 0; i < names.size(); ++i) bf.emplace_back(names[i].c_str(), &bad[i], PluginFieldType::kINT64, 1);
-            PluginFieldCollection bfc{static_cast<int32_t>(bf.size()), bf.data()};
-            if (creator->createPlugin("bad", &bfc, TensorRTPhase::kBUILD) != nullptr)
-                throw std::runtime_error("a frame with k but no rho was accepted");
+            if (create("bad", bad) != nullptr) throw std::runtime_error("a frame with k but no rho was accepted");
         }
 
         const int64_t n = std::stoll(meta.at("in_dim")[0]), m = std::stoll(meta.at("out_dim")[0]);
@@ -147,10 +147,7 @@ int main(int argc, char** argv) {
             std::vector<int64_t> other = values;
             for (size_t i = 0; i < names.size(); ++i)
                 if (names[i].rfind("seed", 0) == 0) other[i] += 17;
-            std::vector<PluginField> of;
-            for (size_t i = 0; i < names.size(); ++i) of.emplace_back(names[i].c_str(), &other[i], PluginFieldType::kINT64, 1);
-            PluginFieldCollection ofc{static_cast<int32_t>(of.size()), of.data()};
-            IPluginV3* twin = creator->createPlugin("twin", &ofc, TensorRTPhase::kBUILD);
+            IPluginV3* twin = create("twin", other);
             if (!twin) throw std::runtime_error("createPlugin (other seeds) failed");
             auto* twin_build = static_cast<IPluginV3OneBuild*>(twin->getCapabilityInterface(PluginCapabilityType::kBUILD));
             char const* twin_id = twin_build->getTimingCacheID();
