@@ -11,6 +11,7 @@ import onnx
 from fq_export.accounting import model_effective_bits
 from fq_export.models.base import ModelAdapter
 
+from . import embeddings as embedding_tables
 from . import rewrite, validate
 from .torch_export import export_onnx
 
@@ -52,12 +53,25 @@ def size_report(layers, per_layer_bytes: dict[str, int], shared_bytes: int, fp32
 
 
 def export_artifacts(adapter: ModelAdapter, forms: list[str], out_paths: dict[str, Path], example: dict,
-                     validation_batches: list[dict], fp32_path: Path | None = None, validate_artifacts: bool = True) -> dict:
+                     validation_batches: list[dict], fp32_path: Path | None = None, validate_artifacts: bool = True,
+                     accuracy_level: int = 4, embeddings: str = "fp32") -> dict:
     """Export ``adapter`` (quantized in place) in each form; validate; return the report.
+
+    ``embeddings``: ``fp32`` or a mode of :mod:`converters.embeddings`; the model's tables are
+    quantized in place first, and the report gives the effect on the task output beside the bytes.
 
     Raises ``ValidationError`` (with the report) when an artifact fails its tolerance.
     """
     report: dict = {"artifacts": {}}
+    tables = []
+    if embeddings != "fp32":
+        before = [validate.task_output(adapter, b) for b in validation_batches]
+        tables = embedding_tables.quantize_embeddings(adapter.model, embeddings)
+        after = [validate.task_output(adapter, b) for b in validation_batches]
+        report["embeddings"] = {"mode": embeddings, "tables": [t.name for t in tables],
+                                "stored_bytes": sum(t.stored_bytes for t in tables),
+                                "fp32_bytes": sum(4 * t.values.size for t in tables),
+                                **validate.output_agreement(adapter, before, after)}
     with tempfile.TemporaryDirectory(prefix="fq-export-") as tmp:
         fp32 = Path(fp32_path) if fp32_path else Path(tmp) / "fp32.onnx"
         start = time.perf_counter()
@@ -69,7 +83,11 @@ def export_artifacts(adapter: ModelAdapter, forms: list[str], out_paths: dict[st
         failures = []
         for form in forms:
             start = time.perf_counter()
-            model, sizes = rewrite.rewrite_graph(base, layers, form)
+            model, sizes = rewrite.rewrite_graph(base, layers, form, accuracy_level)
+            model, quantized_tables = embedding_tables.rewrite_gathers(model, tables)
+            if len(quantized_tables) != len(tables):
+                missing = sorted({t.name for t in tables} - set(quantized_tables))
+                raise rewrite.ConversionError(f"embedding tables not found as Gather-only initializers: {missing}")
             model = rewrite.check_model(model)
             path = Path(out_paths[form])
             nbytes = rewrite.save_model(model, path)
@@ -80,7 +98,8 @@ def export_artifacts(adapter: ModelAdapter, forms: list[str], out_paths: dict[st
             if validate_artifacts:
                 session = validate.make_session(path, form)
                 entry["provider"] = session.get_providers()[0]
-                entry.update(validate.compare(adapter, session, validation_batches))
+                entry.update(validate.compare(adapter, session, validation_batches,
+                                              validate.tolerances_for(form, accuracy_level)))
                 if not entry["passed"]:
                     entry["worst_layers"] = validate.layer_blame(adapter, path, form, sizes["io"], validation_batches[0])
                     worst = entry["worst_layers"][0]["layer"] if entry["worst_layers"] else "?"

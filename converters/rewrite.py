@@ -26,10 +26,10 @@ import onnx_graphsurgeon as gs
 from fq_export import plugin_ops
 from fq_export.layer import FrameQuantLinear
 
-from .subgraphs import Builder, plugin_layer, plugin_layer_node, standard_layer
+from .subgraphs import Builder, dense_weight_t, packed_layer, plugin_layer, plugin_layer_node
 
 log = logging.getLogger(__name__)
-FORMS = ("standard", "plugin", "plugin-layer")
+FORMS = ("standard", "packed", "plugin", "plugin-layer")
 
 
 class ConversionError(RuntimeError):
@@ -144,17 +144,35 @@ def _flatten(b: Builder, x: gs.Variable, width: int) -> tuple[gs.Variable, gs.Va
     return flat, lead
 
 
-def rewrite_graph(model: onnx.ModelProto, layers: dict[str, FrameQuantLinear], form: str) -> tuple[onnx.ModelProto, dict]:
-    """Replace every quantized linear of ``model``; returns the new model and a size summary."""
+def _replace_weight(b: Builder, m: Match) -> None:
+    """The standard form: the matched MatMul/Gemm keeps its place, bias and consumers; only its
+    weight becomes the in-graph reconstruction from the packed codes (folded at load)."""
+    node = m.nodes[0]
+    w_t = dense_weight_t(b, m.layer)
+    if node.op == "Gemm" and node.attrs.get("transB", 0):
+        w_t = b.op("Transpose", [w_t], attrs={"perm": [1, 0]}, hint="w_hat")
+    node.inputs[1] = w_t  # a Transpose the exporter put in front of the weight is dropped by cleanup
+
+
+def rewrite_graph(model: onnx.ModelProto, layers: dict[str, FrameQuantLinear], form: str,
+                  accuracy_level: int = 4) -> tuple[onnx.ModelProto, dict]:
+    """Replace every quantized linear of ``model``; returns the new model and a size summary.
+
+    ``accuracy_level`` is the packed form's ``MatMulNBits`` attribute (4: int8 activations inside
+    the op, onnxruntime's fast CPU path; 0: fp32).
+    """
     if form not in FORMS:
         raise ValueError(f"unknown ONNX form {form!r}; choose from {FORMS}")
     graph = gs.import_onnx(model)
     matches = find_linears(graph, layers)
-    b = Builder(graph)
+    b = Builder(graph, accuracy_level)
     for m in matches:
         b.layer = m.name
+        if form == "standard":
+            _replace_weight(b, m)
+            continue
         flat, lead = _flatten(b, m.x, m.layer.in_features)
-        builder = {"standard": standard_layer, "plugin": plugin_layer, "plugin-layer": plugin_layer_node}[form]
+        builder = {"packed": packed_layer, "plugin": plugin_layer, "plugin-layer": plugin_layer_node}[form]
         y = builder(b, flat, m.layer)
         if m.layer.bias is not None:
             if not m.bias_in_graph:
@@ -169,9 +187,16 @@ def rewrite_graph(model: onnx.ModelProto, layers: dict[str, FrameQuantLinear], f
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
-    if form.startswith("plugin") and not any(o.domain == plugin_ops.ONNX_DOMAIN for o in out.opset_import):
+    domains = {o.domain for o in out.opset_import}
+    if form.startswith("plugin") and plugin_ops.ONNX_DOMAIN not in domains:
         out.opset_import.append(onnx.helper.make_opsetid(plugin_ops.ONNX_DOMAIN, 1))
+    if form == "packed" and "com.microsoft" not in domains:
+        out.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     per_layer = {m.name: b.layer_bytes.get(m.name, 0) for m in matches}
+    if form == "standard":  # the bias stays the exporter's initializer; count it as the other forms do
+        for m in matches:
+            if m.layer.bias is not None:
+                per_layer[m.name] += 4 * m.layer.bias.numel()
     io = {m.name: (m.x.name, m.out.name) for m in matches}
     return out, {"layers": per_layer, "shared_table_bytes": b.shared_bytes, "io": io}
 

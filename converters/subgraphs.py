@@ -1,26 +1,19 @@
-"""The five-step subgraph of one quantized linear, in the plugin form and in the standard form.
+"""The subgraph of one quantized linear in each ONNX form.
 
-Both builders take a flattened activation ``x2 (N, in_features)`` (a graphsurgeon Variable) and
-return ``y2 (N, out_features)``; :mod:`converters.rewrite` flattens and restores the leading axes.
+Standard form (stock ONNX operators, opset 18): the weight ``W_hat^T`` is rebuilt from initializers
+only (:func:`dense_weight_t`: the packed code bytes looked up in a shared table, one ``Einsum`` with the
+scale, the dense frames built in-graph from small factors and the rotations), and takes the place of the
+exported MatMul's weight. A runtime's constant folding turns it into the fp32 graph at load.
 
-Standard form (stock ONNX operators, opset 18), per side of the layer:
-
-* rotation ``R = (A kron B) diag(s)`` with ``A = H_a`` and ``B = H_b' kron C_m`` (``dim = a * b``,
-  ``b = b' m``, ``H`` normalized Sylvester-Hadamard, ``C_m`` the orthonormal DCT-II of
-  :mod:`fq_export.rotations`): ``x -> (N, a, b) -> x B^T -> A x`` (two MatMuls, tables shared by
-  every rotation of the same dimension) plus a Mul by the per-layer signs. The signs are stored
-  bit-packed (one bit each) and decoded in-graph;
-* frame analysis ``c = T^T u``: pairs ``(N, d/2, 2)``, Gather by the spectral-tetris table, Mul by
-  its weights, ``(N, rho/2, 2k)`` MatMul by the realified DFT (``2k x 2k``); synthesis is the
-  transpose (MatMul by the DFT, two Gathers, Mul, Add);
-* packed matmul: the int32 words of :mod:`fq_export.packing` are decoded in-graph (Cast, Mod 2^32,
-  Gather of each code's word, Div by ``2^shift``, Mod ``2^bits``), dequantized with the fp16
-  per-row scale/zero and multiplied. The decode depends on initializers only: onnxruntime folds
-  it once when the session starts, while the file keeps the packed codes.
+Packed form (:func:`packed_layer`, on a flattened activation ``x2 (N, in_features)``): per side the
+rotation ``R = (A kron B) diag(s)`` (``x -> (N, a, b) -> x B^T -> A x`` plus a Mul by the bit-packed
+signs, decoded in-graph) and the frame analysis / synthesis (a Gather by the spectral-tetris table,
+its weights, the realified block DFT), around one ``com.microsoft`` ``MatMulNBits`` on the packed codes.
 
 Plugin form: one node per step (``FQHadamardRotation``, ``FQFrameTransform``, ``FQPackedMatMul``) in
 the contract of :mod:`fq_export.plugin_ops`, with string attributes ``plugin_version`` and
-``plugin_namespace`` that TensorRT's ONNX parser uses to find the plugin creator.
+``plugin_namespace`` that TensorRT's ONNX parser uses to find the plugin creator; the plugin-layer form
+is one ``FQFrameLinear`` node.
 """
 from __future__ import annotations
 
@@ -36,12 +29,21 @@ from fq_export.layer import FrameQuantLinear
 from fq_export.rotations import dct_matrix, get_rotation, hadamard_matrix, split_dimension
 
 
+MATMUL_NBITS_BITS = (2, 4, 8)
+# Up to this width the standard form's weight reconstruction applies a rotation as one dense
+# (dim x dim) factor, so its einsum yields the 2-D weight with no Reshape copy; wider rotations keep
+# their two Kronecker factors (the dense factor's load-time cost grows as dim^2 per frame row).
+DENSE_ROTATION_MAX = 2048
+
+
 class Builder:
     """Adds nodes to a graphsurgeon graph; shares constant tables across layers by key."""
 
-    def __init__(self, graph: gs.Graph):
+    def __init__(self, graph: gs.Graph, accuracy_level: int = 4):
         self.graph = graph
+        self.accuracy_level = accuracy_level
         self.shared: dict[str, gs.Constant] = {}
+        self.shared_vars: dict[str, gs.Variable] = {}  # in-graph tables computed once (dense frames)
         self.shared_bytes = 0
         self.layer_bytes: dict[str, int] = {}
         self.layer: str = ""
@@ -171,42 +173,222 @@ def standard_frame(b: Builder, x: gs.Variable, k: int, rho: int, d: int, transpo
     return b.op("Reshape", [v, b.ints(f"shape/-1x{d}", [-1, d])])
 
 
-def standard_packed_matmul(b: Builder, c: gs.Variable, layer: FrameQuantLinear) -> gs.Variable:
-    """``z = c @ D_hat^T`` with ``D_hat`` decoded in-graph from the packed words."""
+def _decode_codes_u32(b: Builder, layer: FrameQuantLinear) -> gs.Variable:
+    """The codes ``(K_out, K_in)`` as uint32, from the packed words (any bit width).
+
+    Each code is ``(word[lo] >> shift | word[hi] << (32 - shift)) & (2^bits - 1)``, the second term
+    only where a 3-bit code straddles two words (:func:`fq_export.packing.group_tables`).
+    """
     bits = layer.bits
-    rows, cols = layer.frame_shape
-    codes = b.const("packed_codes", layer.packed_codes.cpu().numpy().astype(np.int32))
-    scale = b.const("scale", layer.scale.cpu().numpy().astype(np.float16).reshape(rows, 1))
-    zero = b.const("zero", layer.zero.cpu().numpy().astype(np.float16).reshape(rows, 1))
+    cols = layer.frame_shape[1]
+    words = b.const("packed_codes", layer.packed_codes.cpu().numpy().astype(np.int32).view(np.uint32))
     lo, hi, shift = packing.group_tables(bits)
     col = np.arange(cols)
     group, pos = col // packing.GROUP, col % packing.GROUP
-    word_lo = group * bits + lo[pos]
-    words = b.op("Mod", [b.op("Cast", [codes], attrs={"to": 7}), b.ints("two32", [2**32])], attrs={"fmod": 0})
-    low = b.op("Gather", [words, b.ints(f"code_word/{bits}/{cols}", word_lo)], attrs={"axis": 1})
-    value = b.op("Div", [low, b.ints(f"code_pow/{bits}/{cols}", 2 ** shift[pos])])
+    u32 = lambda key, values: b.shared_const(f"uint32/{key}", lambda: np.asarray(values, dtype=np.uint32))
+    low = b.op("Gather", [words, b.ints(f"code_word/{bits}/{cols}", group * bits + lo[pos])], attrs={"axis": 1})
+    value = b.op("BitShift", [low, u32(f"code_shift/{bits}/{cols}", shift[pos])], attrs={"direction": "RIGHT"})
     spill = shift[pos] + bits > 32
-    if spill.any():  # 3 bits: a code may continue in the next word
-        word_hi = np.where(spill, group * bits + hi[pos], word_lo)
-        mult = np.where(spill, 2 ** ((32 - shift[pos]) % 32), 0)
-        high = b.op("Gather", [words, b.ints(f"code_word_hi/{bits}/{cols}", word_hi)], attrs={"axis": 1})
-        high = b.op("Mod", [high, b.ints(f"pow/{bits}", [2**bits])], attrs={"fmod": 0})
-        value = b.op("Add", [value, b.op("Mul", [high, b.ints(f"code_mult_hi/{bits}/{cols}", mult)])])
-    code = b.op("Mod", [value, b.ints(f"pow/{bits}", [2**bits])], attrs={"fmod": 0})
-    centred = b.op("Sub", [b.op("Cast", [code], attrs={"to": 1}), b.op("Cast", [zero], attrs={"to": 1})])
-    d_hat = b.op("Mul", [centred, b.op("Cast", [scale], attrs={"to": 1})], hint="d_hat")
-    d_t = b.op("Transpose", [d_hat], attrs={"perm": [1, 0]}, hint="d_hat_t")
-    return b.op("MatMul", [c, d_t])
+    if spill.any():
+        high = b.op("Gather", [words, b.ints(f"code_word_hi/{bits}/{cols}", group * bits + hi[pos])], attrs={"axis": 1})
+        high = b.op("BitShift", [high, u32(f"code_shift_hi/{bits}/{cols}", (32 - shift[pos]) % 32)],
+                    attrs={"direction": "LEFT"})
+        high = b.op("BitwiseAnd", [high, u32(f"code_spill/{bits}/{cols}", np.where(spill, 2**32 - 1, 0))])
+        value = b.op("BitwiseOr", [value, high])
+    return b.op("BitwiseAnd", [value, u32(f"mask/{bits}", [2**bits - 1])])
 
 
-def standard_layer(b: Builder, x2: gs.Variable, layer: FrameQuantLinear) -> gs.Variable:
+def _byte_table(bits: int) -> np.ndarray:
+    """``(256 * 2^bits, 8 / bits)`` float32: row ``byte + 256 * z`` holds the byte's codes minus ``z``."""
+    per_byte = 8 // bits
+    byte = np.arange(256)[:, None]
+    codes = (byte >> (bits * np.arange(per_byte))) & (2**bits - 1)
+    return np.concatenate([codes - z for z in range(2**bits)]).astype(np.float32)
+
+
+def _centred_codes(b: Builder, layer: FrameQuantLinear) -> tuple[gs.Variable, dict[str, int]]:
+    """``codes - zero`` as float32 ``(K_out, ...)`` and its column axes (einsum letter -> size).
+
+    2, 4 and 8 bits: the packed words read as bytes, each byte (plus ``256 * zero`` of its row)
+    looked up in a shared table of its codes minus the zero: ``(K_out, bytes, codes per byte)``, two
+    small steps and no per-code intermediate wider than the result. The row padding to 32 columns
+    comes along (the frame operand has zero rows there). 3 bits, or zero points that are not
+    integers (the grid never makes them, a hand-made layer may): shifts and masks on uint32 words.
+    """
+    rows, cols = layer.frame_shape
+    bits = layer.bits
+    zeros = layer.zero.cpu().numpy().astype(np.float16).reshape(rows, 1)
+    zero = b.const("zero", zeros)
+    if bits == 3 or np.any(zeros != np.round(zeros)):  # fractional zero points: not in the table
+        code = b.op("Cast", [_decode_codes_u32(b, layer)], attrs={"to": 1})
+        return b.op("Sub", [code, b.op("Cast", [zero], attrs={"to": 1})], hint="centred"), {"k": cols}
+    words = layer.packed_codes.cpu().numpy().astype(np.int32)
+    data = b.const("packed_codes", words.view(np.uint8).reshape(rows, -1))
+    index = b.op("Add", [b.op("Cast", [data], attrs={"to": 6}),
+                         b.op("Mul", [b.op("Cast", [zero], attrs={"to": 6}), b.shared_const(
+                             "int32/256", lambda: np.asarray([256], dtype=np.int32))])], hint="byte_index")
+    table = b.shared_const(f"byte_codes/{bits}", lambda: _byte_table(bits))
+    centred = b.op("Gather", [table, index], attrs={"axis": 0}, hint="centred")
+    return centred, {"g": data.values.shape[1], "j": 8 // bits}
+
+
+def frame_factors(frame) -> tuple[np.ndarray, np.ndarray]:
+    """``T^T`` of a real TFF as ``einsum("ij,jalb->ilbja", F, Omega)``: the spectral-tetris matrix
+    ``F (rho_c, d_c)`` and the realified DFT phases ``Omega (d_c, 2, k, 2)`` of complex coordinate
+    ``j``, whose result reshaped to ``(K, d)`` is ``T^T`` (coefficient ``2(i k + l) + b``, coordinate
+    ``2 j + a``; :mod:`fq_export.frames`). Both are small (``K d / k`` and ``4 d k`` values)."""
+    k, rho_c, d_c = frame.k, frame.rho_c, frame.d_c
+    f = np.zeros((rho_c, d_c))
+    for s in range(2):
+        j = np.nonzero(frame.synth_weight[s])[0]
+        f[frame.synth_bin[s, j] // k, j] = frame.synth_weight[s, j]
+    angle = 2.0 * np.pi * ((np.arange(d_c)[:, None] * np.arange(k)[None, :]) % k) / k  # (j, l)
+    re, im = np.cos(angle) / np.sqrt(k), np.sin(angle) / np.sqrt(k)
+    omega = np.stack([np.stack([re, -im], -1), np.stack([im, re], -1)], 1)  # (j, a, l, b)
+    return f.astype(np.float32), omega.astype(np.float32)
+
+
+def _dense_frame(b: Builder, frame, dim: int, rows: int, axes: list[int]) -> gs.Variable:
+    """``T^T`` (or the identity without a frame) as ``(*axes, dim)``: rows past ``K`` are zero.
+
+    Built in-graph from :func:`frame_factors` (one einsum, a Reshape, a Pad where rows are padded),
+    once per frame and row layout: the file holds no dense frame.
+    """
+    key = f"{frame.k}x{frame.rho}x{frame.d}" if frame is not None else f"id{dim}"
+    tag = f"frame_dense/{key}/{'x'.join(map(str, axes))}"
+    if tag in b.shared_vars:
+        return b.shared_vars[tag]
+    if frame is None:
+        tt = b.op("EyeLike", [b.op("ConstantOfShape", [b.ints(f"shape/{dim}x{dim}", [dim, dim])],
+                                   attrs={"value": gs.Constant("value", np.zeros(1, dtype=np.float32))})])
+        count = dim
+    else:
+        frame = get_frame(frame.k, frame.rho, frame.d)
+        f, omega = frame_factors(frame)
+        tt = b.op("Einsum", [b.shared_const(f"frame_F/{key}", lambda: f), b.shared_const(f"frame_omega/{key}", lambda: omega)],
+                  attrs={"equation": "ij,jalb->ilbja"})
+        count = frame.num_vectors
+        tt = b.op("Reshape", [tt, b.ints(f"shape/{count}x{dim}", [count, dim])])
+    if rows > count:
+        tt = b.op("Pad", [tt, b.ints(f"pad/{rows - count}", [0, 0, rows - count, 0])])
+    if len(axes) > 1:
+        tt = b.op("Reshape", [tt, b.ints(f"shape/{tag}", [*axes, dim])])
+    b.shared_vars[tag] = tt
+    return tt
+
+
+def _side_operands(b: Builder, side, row_axes: dict[str, int], letters) -> tuple[list, list[str], str]:
+    """Einsum operands that take a side's frame coordinates (axes ``row_axes``: letter -> size) to
+    its ``dim`` coordinates: the dense ``T^T`` (shared per frame) and the rotation
+    ``(A kron B) diag(s)`` (signs, then one dense factor up to ``DENSE_ROTATION_MAX``, else the two
+    Kronecker factors). Returns operands, their subscripts and the subscripts of the coordinates."""
+    dim, rows = side.dim, int(np.prod(list(row_axes.values())))
+    rotation = side.rotation
+    dense_rotation = rotation is not None and dim <= DENSE_ROTATION_MAX
+    operands, specs = [], []
+    if side.frame is None and rows == dim and len(row_axes) == 1 and not (rotation and not dense_rotation):
+        coords = "".join(row_axes)  # the codes' rows are the coordinates already
+    else:
+        if rotation is not None and not dense_rotation:
+            a, n_b = rotation_factors(dim)
+            coords = next(letters) + next(letters)
+            tt = _dense_frame(b, side.frame, dim, rows, list(row_axes.values()))
+            tag = f"split/{tt.name}"
+            if tag not in b.shared_vars:
+                b.shared_vars[tag] = b.op("Reshape", [tt, b.ints(f"shape/{tag}", [*row_axes.values(), a, n_b])])
+            operands.append(b.shared_vars[tag])
+        else:
+            coords = next(letters)
+            operands.append(_dense_frame(b, side.frame, dim, rows, list(row_axes.values())))
+        specs.append("".join(row_axes) + coords)
+    if rotation is None:
+        return operands, specs, coords
+    a, n_b = rotation_factors(dim)
+    signs = _signs(b, dim, rotation.seed)
+    if dense_rotation:
+        tag = f"rotation_dense/{dim}"
+        if tag not in b.shared_vars:
+            kron = b.op("Einsum", [b.shared_const(f"hadamard/{a}", lambda: hadamard_matrix(a).astype(np.float32)),
+                                   b.shared_const(f"rot_B/{dim}", lambda: rotation_kron_b(dim).astype(np.float32))],
+                        attrs={"equation": "pi,ql->pqil"})
+            b.shared_vars[tag] = b.op("Reshape", [kron, b.ints(f"shape/{dim}x{dim}", [dim, dim])])
+        out = next(letters)
+        operands += [signs, b.shared_vars[tag]]
+        specs += [coords, out + coords]
+        return operands, specs, out
+    out = next(letters) + next(letters)
+    operands.append(b.op("Reshape", [signs, b.ints(f"shape/{a}x{n_b}", [a, n_b])]))
+    operands.append(b.shared_const(f"hadamard/{a}", lambda: hadamard_matrix(a).astype(np.float32)))
+    operands.append(b.shared_const(f"rot_B/{dim}", lambda: rotation_kron_b(dim).astype(np.float32)))
+    specs += [coords, out[0] + coords[0], out[1] + coords[1]]
+    return operands, specs, out
+
+
+def dense_weight_t(b: Builder, layer: FrameQuantLinear) -> gs.Variable:
+    """``W_hat^T (in_features, out_features)`` from initializers only (the standard form).
+
+    ``W_hat^T = R_in T_in D_hat^T T_out^T R_out^T`` with ``D_hat = diag(scale) (codes - zero)``, as one
+    einsum over the centred codes, the scale, the dense frames (shared per frame) and the rotations'
+    Kronecker factors and signs, then a Reshape. Nothing depends on the activations: a runtime's
+    constant folding (onnxruntime at session start) turns the layer into one dense MatMul, and the
+    only per-layer intermediates are the byte indices, the centred codes and the einsum's result.
+    """
+    rows = layer.frame_shape[0]
+    centred, columns = _centred_codes(b, layer)
+    scale = b.op("Cast", [b.const("scale", layer.scale.cpu().numpy().astype(np.float16))], attrs={"to": 1})
+    letters = iter("abcdefhilmnopqstuvwxyz")
+    in_ops, in_specs, x = _side_operands(b, layer.in_recipe, columns, letters)
+    out_ops, out_specs, y = _side_operands(b, layer.out_recipe, {"r": rows}, letters)
+    spec = ",".join(["r" + "".join(columns), "r", *in_specs, *out_specs]) + "->" + x + y
+    w_t = b.op("Einsum", [centred, scale, *in_ops, *out_ops], attrs={"equation": spec}, hint="w_hat_t")
+    if len(x) == 1 and len(y) == 1:
+        return w_t
+    return b.op("Reshape", [w_t, b.ints(f"shape/{layer.in_features}x{layer.out_features}",
+                                        [layer.in_features, layer.out_features])], hint="w_hat_t")
+
+
+def packed_matmul_nbits(b: Builder, c: gs.Variable, layer: FrameQuantLinear) -> gs.Variable:
+    """``z = c @ D_hat^T`` as one ``com.microsoft`` ``MatMulNBits`` (2, 4 or 8 bits).
+
+    For these widths the packed layout of :mod:`fq_export.packing` is byte for byte the op's
+    ``B`` (``(K_out, K_in / 32, 4 * bits)`` uint8, code ``j`` of a byte in bits ``[bits*j, bits*j+bits)``),
+    with blocks of 32 columns (the layout's groups; the row padding is the op's last-block padding).
+    The per-row scale and zero become one scale and one uint8 zero point per block, exactly.
+    """
+    bits = layer.bits
+    if bits not in MATMUL_NBITS_BITS:
+        raise ValueError(f"the packed ONNX form runs MatMulNBits, which takes {MATMUL_NBITS_BITS}-bit codes; "
+                         f"this layer has {bits}-bit codes: export it with --onnx-form standard")
+    rows, cols = layer.frame_shape
+    blocks = -(-cols // packing.GROUP)
+    words = layer.packed_codes.cpu().numpy().astype(np.int32)
+    blob = b.const("packed_codes", words.view(np.uint8).reshape(rows, blocks, 4 * bits))
+    scale = layer.scale.cpu().numpy().astype(np.float32)
+    zero = layer.zero.cpu().numpy().astype(np.float32)
+    if np.any(zero != np.round(zero)) or zero.min() < 0 or zero.max() > 2**bits - 1:
+        raise ValueError(f"layer {b.layer}: zero points are not integers in [0, {2**bits - 1}]")
+    scales = b.const("scale", np.repeat(scale[:, None], blocks, axis=1).reshape(-1))
+    zp = np.repeat(zero.astype(np.uint8)[:, None], blocks, axis=1)
+    per_byte = 8 // bits
+    padded = np.zeros((rows, -(-blocks // per_byte) * per_byte), dtype=np.uint8)
+    padded[:, :blocks] = zp
+    packed = (padded.reshape(rows, -1, per_byte).astype(np.uint32) << (bits * np.arange(per_byte))).sum(-1)
+    zero_points = b.const("zero_points", packed.astype(np.uint8).reshape(-1))
+    return b.op("MatMulNBits", [c, blob, scales, zero_points], domain="com.microsoft", hint="z",
+                attrs={"K": cols, "N": rows, "bits": bits, "block_size": packing.GROUP,
+                       "accuracy_level": b.accuracy_level})
+
+
+def packed_layer(b: Builder, x2: gs.Variable, layer: FrameQuantLinear) -> gs.Variable:
+    """The packed form's layer on ``x2 (N, in_features)``: transforms on the activations, the
+    frame-space product on the packed codes."""
     ins, outs = layer.in_recipe, layer.out_recipe
     h = x2
     if ins.rotation is not None:
         h = standard_rotation(b, h, ins.rotation.dim, ins.rotation.seed, transpose=True)
     if ins.frame is not None:
         h = standard_frame(b, h, ins.frame.k, ins.frame.rho, ins.frame.d, transpose=True)
-    h = standard_packed_matmul(b, h, layer)
+    h = packed_matmul_nbits(b, h, layer)
     if outs.frame is not None:
         h = standard_frame(b, h, outs.frame.k, outs.frame.rho, outs.frame.d, transpose=False)
     if outs.rotation is not None:

@@ -30,6 +30,15 @@ log = logging.getLogger(__name__)
 
 TOLERANCES = {"rel_max_abs_err": 1e-3, "abs_floor": 1e-5, "cosine": 0.9999,
               "task_agreement": {"encoder": 0.9999, "causal_lm": 0.99, "vit": 0.99}}
+# The packed form at MatMulNBits accuracy level 4 rounds each layer's frame coefficients to int8
+# (per block of 32, inside the op): about 0.5 % relative error per layer, as onnxruntime's own
+# int8-activation exports have. Its gate is the int8 one; level 0 keeps the fp32 gate above.
+INT8_ACTIVATION_TOLERANCES = {"rel_max_abs_err": 2e-2, "abs_floor": 1e-5, "cosine": 0.999,
+                              "task_agreement": {"encoder": 0.999, "causal_lm": 0.97, "vit": 0.97}}
+
+
+def tolerances_for(form: str, accuracy_level: int) -> dict:
+    return INT8_ACTIVATION_TOLERANCES if form == "packed" and accuracy_level == 4 else TOLERANCES
 INPUTS = {"encoder": ["input_ids", "attention_mask"], "causal_lm": ["input_ids"], "vit": ["pixel_values"]}
 
 
@@ -65,8 +74,27 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1]).astype(np.float64)
 
 
-def compare(adapter: ModelAdapter, session, batches: list[dict]) -> dict:
-    """The figures of the module docstring over ``batches``."""
+def task_output(adapter: ModelAdapter, batch: dict) -> np.ndarray:
+    """The PyTorch model's task output for ``batch`` (float64, rows = embeddings / tokens / images)."""
+    with torch.no_grad():
+        out = adapter.forward({k: v.to(adapter.device) for k, v in batch.items()}).float().cpu().numpy()
+    return _rows(out)
+
+
+def output_agreement(adapter: ModelAdapter, before: list[np.ndarray], after: list[np.ndarray]) -> dict:
+    """How far ``after`` moved from ``before`` (task outputs): mean and least row cosine, and for
+    classifiers and LMs the share of rows whose argmax agrees."""
+    a, b = np.concatenate(before), np.concatenate(after)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    result = {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}
+    if adapter.family != "encoder":
+        result["argmax_agreement"] = float((a.argmax(1) == b.argmax(1)).mean())
+    return result
+
+
+def compare(adapter: ModelAdapter, session, batches: list[dict], tolerances: dict = TOLERANCES) -> dict:
+    """The figures of the module docstring over ``batches``. Non-finite outputs fail (their error is
+    reported as infinite, their cosine as NaN)."""
     max_err, ref_max, cos_min, agree, total, emb_cos = 0.0, 0.0, 1.0, 0, 0, []
     for batch in batches:
         with torch.no_grad():
@@ -74,6 +102,9 @@ def compare(adapter: ModelAdapter, session, batches: list[dict]) -> dict:
         out = session.run(["output"], _feeds(adapter, batch))[0]
         if out.shape != ref.shape:
             raise ValueError(f"artifact output shape {out.shape} != PyTorch output shape {ref.shape}")
+        if not np.isfinite(out).all():
+            max_err, cos_min = float("inf"), float("nan")
+            continue
         max_err = max(max_err, float(np.abs(out - ref).max()))
         ref_max = max(ref_max, float(np.abs(ref).max()))
         a, b = _rows(out), _rows(ref)
@@ -85,14 +116,14 @@ def compare(adapter: ModelAdapter, session, batches: list[dict]) -> dict:
             agree += int((a.argmax(1) == b.argmax(1)).sum())
             total += a.shape[0]
     task = float(np.mean(emb_cos)) if adapter.family == "encoder" else agree / max(total, 1)
-    tol_abs = TOLERANCES["rel_max_abs_err"] * ref_max + TOLERANCES["abs_floor"]
-    task_tol = TOLERANCES["task_agreement"][adapter.family]
+    tol_abs = tolerances["rel_max_abs_err"] * ref_max + tolerances["abs_floor"]
+    task_tol = tolerances["task_agreement"][adapter.family]
     return {
         "max_abs_err": max_err, "reference_max_abs": ref_max, "cosine": cos_min, "task_agreement": task,
         "task_metric": {"encoder": "embedding_cosine", "causal_lm": "next_token_agreement", "vit": "top1_agreement"}[adapter.family],
         "samples": len(batches),
-        "tolerances": {"max_abs_err": tol_abs, "cosine": TOLERANCES["cosine"], "task_agreement": task_tol},
-        "passed": bool(max_err <= tol_abs and cos_min >= TOLERANCES["cosine"] and task >= task_tol),
+        "tolerances": {"max_abs_err": tol_abs, "cosine": tolerances["cosine"], "task_agreement": task_tol},
+        "passed": bool(max_err <= tol_abs and cos_min >= tolerances["cosine"] and task >= task_tol),
     }
 
 

@@ -3,7 +3,7 @@
     fq-export layer-error --model minilm --bits 2 --calib-samples 128 --json OUT.json
     fq-export quantize --model M --r R --bits B --method framequant --out CKPT --report R.json
     fq-export eval (--checkpoint CKPT | --model M) [--pairs F.tsv | --text F | --images DIR] --json OUT.json
-    fq-export export --checkpoint CKPT --out X.onnx [--onnx-form standard|plugin]
+    fq-export export --checkpoint CKPT --out X.onnx [--onnx-form standard|packed|plugin|plugin-layer]
     fq-export --model M --r R --bits B --out X.onnx|engine.plan --report R.json   (quantize, export, validate)
 """
 from __future__ import annotations
@@ -100,10 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="X.onnx, or engine.plan to build a TensorRT engine")
-    p.add_argument("--onnx-form", default="standard", choices=["standard", "plugin", "plugin-layer"],
-                   help="standard ONNX operators; plugin: one TensorRT plugin node per step (five per layer); "
-                        "plugin-layer: one FQFrameLinear node per layer (engines from --out *.plan use it unless "
-                        "--onnx-form plugin is given)")
+    p.add_argument("--onnx-form", default="standard", choices=["standard", "packed", "plugin", "plugin-layer"],
+                   help="standard: stock ONNX operators that a runtime folds into one dense MatMul per layer at "
+                        "load (fp32 speed and memory, small file); packed: onnxruntime's MatMulNBits on the packed "
+                        "codes plus cheap transforms (weights stay packed in memory); plugin: one TensorRT plugin "
+                        "node per step (five per layer); plugin-layer: one FQFrameLinear node per layer (engines "
+                        "from --out *.plan use it unless --onnx-form plugin is given)")
+    p.add_argument("--accuracy-level", type=int, default=4, choices=[0, 4],
+                   help="packed form: MatMulNBits accuracy_level (4: int8 activations inside the op, fast; 0: fp32)")
+    p.add_argument("--embeddings", default="fp32", choices=["fp32", "fp16", "int8", "int4"],
+                   help="store token/position embedding tables in this precision (every form)")
     p.add_argument("--report", help="report JSON: sizes, effective bits, validation figures")
     p.add_argument("--validate-samples", type=int, default=16, help="real held-out samples for validation")
     p.add_argument("--plugin-library", help="libfq_trt_plugins.so for engine builds")

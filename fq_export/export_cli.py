@@ -68,7 +68,8 @@ def export_and_report(adapter, args, base_report: dict) -> int:
     report["validation_data"] = where
     code = 0
     try:
-        result = export_artifacts(adapter, [form], {form: onnx_path}, batches[0], batches)
+        result = export_artifacts(adapter, [form], {form: onnx_path}, batches[0], batches,
+                                  accuracy_level=args.accuracy_level, embeddings=args.embeddings)
     except ValidationError as exc:
         result, code = exc.report, EXIT_VALIDATION_FAILED
         print(f"fq-export: validation failed: {exc}", file=sys.stderr)
@@ -78,6 +79,10 @@ def export_and_report(adapter, args, base_report: dict) -> int:
         report[key] = artifact.get(key)
     report["effective_bits"] = artifact["size"]["effective_bits"]
     report["bytes"] = {"artifact": artifact["bytes"], "fp32_onnx": result["fp32_onnx"]["bytes"]}
+    if "embeddings" in result:
+        e = result["embeddings"]
+        print(f"embeddings {e['mode']}: {e['stored_bytes']} bytes (fp32 {e['fp32_bytes']}); task output against fp32 "
+              f"embeddings: mean cosine {e['mean_cosine']:.6f}, least {e['min_cosine']:.6f}")
     print(f"{form} ONNX {onnx_path}: {artifact['bytes']} bytes (fp32 export {result['fp32_onnx']['bytes']}), "
           f"effective bits {artifact['size']['effective_bits']:.3f}; onnxruntime {artifact.get('provider')}: "
           f"max_abs_err {artifact['max_abs_err']:.3g}, cosine {artifact['cosine']:.6f}, "

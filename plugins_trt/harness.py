@@ -148,6 +148,7 @@ def dequantize(packed_codes, scale, zero, bits: int, in_features: int, out_featu
 
 # ---- a whole FrameQuant layer -------------------------------------------------------------
 
+WEIGHT_MODES = ("packed", "dense")
 PATHS = {"fused": 1, "kernels": 2, "gemm": 3, "decode": 4, "cooperative": 5, "split": 6, "dense": 7, "gemv": 8}
 _PATH_NAMES = {number: name for name, number in PATHS.items()}
 
@@ -182,12 +183,21 @@ class KernelLinear(nn.Module):
     fp16 only) or ``None``: the choice of ``auto_path`` (the FQFrameLinear plugin's).
     ``fused=True/False`` is shorthand for ``path="fused"/"kernels"``.
 
+    ``weights``: ``"packed"`` (the paths above read the packed codes at every call: least memory)
+    or ``"dense"`` (dense at load: ``P_out D_hat P_in^T`` built in fp16 by the dense form's build
+    on the first call and kept, then every call is one cuBLASLt GEMM with the bias, fp16; the
+    FQFrameLinear plugin's ``FQ_TRT_WEIGHTS=dense``). The checkpoint and engine stay packed.
+
     Shapes and dense equivalent as ``FrameQuantLinear``: ``y = x @ (P_out D_hat P_in^T).T + b``.
     """
 
     def __init__(self, layer: FrameQuantLinear, fused: bool | None = None, path: str | None = None,
-                 act_dtype: torch.dtype | None = None):
+                 act_dtype: torch.dtype | None = None, weights: str = "packed"):
         super().__init__()
+        if weights not in WEIGHT_MODES:
+            raise ValueError(f"weights must be one of {WEIGHT_MODES}, not {weights!r}")
+        self.weights = weights
+        self._dense_weight = None  # the dense mode's buffer (W^T and the fp16 bias), built once
         if path is None and fused is not None:
             path = "fused" if fused else "kernels"
         if path is not None and path not in PATHS:
@@ -261,9 +271,21 @@ class KernelLinear(nn.Module):
             self._tables = (dev, t, i)
         return self._tables[1], self._tables[2]
 
+    def dense_weight(self, device) -> torch.Tensor:
+        """The dense mode's weight buffer, built on first use (``fq::build_dense_weight``)."""
+        if self._dense_weight is None or self._dense_weight.device != torch.device(device):
+            tables, ints = self.tables(device)
+            self._dense_weight = load_extension().build_dense_weight(tables, ints)
+        return self._dense_weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ext = load_extension()
         tables, ints = self.tables(x.device)
+        if self.weights == "dense":
+            self.last_path = "dense-weights"
+            y = ext.dense_weight_linear(x.half().contiguous(), self.dense_weight(x.device), tables, ints,
+                                        self.gemm_choice)
+            return y.to(x.dtype)
         rows = x.numel() // x.shape[-1]
         dtype = x.dtype if x.dtype in (torch.float16, torch.float32) else torch.float16
         if self.act_dtype is not None:
@@ -336,15 +358,15 @@ def frame_linear_ref(x: torch.Tensor, layer: FrameQuantLinear) -> torch.Tensor:
 
 
 def use_kernels(model: nn.Module, fused: bool | None = None, path: str | None = None,
-                act_dtype: torch.dtype | None = None) -> int:
+                act_dtype: torch.dtype | None = None, weights: str = "packed") -> int:
     """Replace every ``FrameQuantLinear`` of ``model`` (in place) by a ``KernelLinear``; returns the count."""
     count = 0
     for name, module in list(model.named_children()):
         if isinstance(module, FrameQuantLinear):
-            setattr(model, name, KernelLinear(module, fused, path, act_dtype))
+            setattr(model, name, KernelLinear(module, fused, path, act_dtype, weights))
             count += 1
         else:
-            count += use_kernels(module, fused, path, act_dtype)
+            count += use_kernels(module, fused, path, act_dtype, weights)
     return count
 
 

@@ -372,6 +372,25 @@ def test_dense_gemm_choices(h, shape):
     check_against(kl(x.half()), ref64, torch16, f"dense {shape} chosen GEMM {kl.gemm_choice}")
 
 
+@pytest.mark.parametrize("shape,bias", [((768, 3072), True), ((4096, 4096), True), ((1024, 512), False)])
+def test_dense_weights_mode(h, shape, bias):
+    # Dense at load: the weight built once and kept, every call one cuBLASLt GEMM. Any row count
+    # (one row too) and fp32 activations (run in fp16); the buffer is built once and reused.
+    in_f, out_f = shape
+    layer = random_layer(in_f, out_f, seed=21, bias=bias).to(DEV)
+    kl = h.KernelLinear(layer, weights="dense")
+    for rows in (1, 16, 300):
+        x = torch.randn(rows, in_f, device=DEV)
+        ref64, torch16 = layer_forward(layer, x, torch.float64), layer_forward(layer, x, torch.float16)
+        out = kl(x.half())
+        assert kl.last_path == "dense-weights" and out.dtype == torch.float16
+        check_against(out, ref64, torch16, f"dense weights {shape} at {rows} rows")
+    built = kl.dense_weight(x.device)
+    assert kl(x).dtype == torch.float32 and kl.dense_weight(x.device).data_ptr() == built.data_ptr()
+    with pytest.raises(ValueError, match="weights"):
+        h.KernelLinear(layer, weights="fp8")
+
+
 def dense_weight16(layer):
     """P_out D_hat P_in^T with fq_export's operators in fp16 on the GPU (PyTorch's own rounding)."""
     d_hat = layer._dequantized.half()

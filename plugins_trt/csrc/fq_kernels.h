@@ -193,6 +193,19 @@ cudaError_t launch_frame_linear_dense(const FrameLinearParams& p, const void* x,
 int frame_linear_dense_gemm_choices(const FrameLinearParams& p, const void* x, const void* y, int64_t rows,
                                     void* workspace, void* cublaslt_handle);
 
+// Dense-at-load mode (gemm_cublas.cpp): the dense form's weight built once and kept, so every call
+// is the dense layer's cuBLASLt GEMM alone. `weight` (dense_weight_bytes(p), 256-byte aligned)
+// holds W^T (in dim x out dim, fp16) and then the fp16 bias; build_dense_weight fills it (its
+// `workspace`: effective_weight_workspace_bytes(p)), launch_dense_weight_gemm runs
+// y = x W^T + bias with entry `gemm_choice` of cuBLASLt's list (its `workspace`:
+// dense_weight_gemm_workspace_bytes()). fp16 activations only.
+size_t dense_weight_bytes(const FrameLinearParams& p);
+size_t dense_weight_gemm_workspace_bytes();
+cudaError_t build_dense_weight(const FrameLinearParams& p, void* weight, void* workspace, cudaStream_t stream);
+cudaError_t launch_dense_weight_gemm(const FrameLinearParams& p, const void* weight, const void* x, void* y,
+                                     int64_t rows, void* workspace, void* cublaslt_handle, cudaStream_t stream,
+                                     int gemm_choice = 0);
+
 // The packed matmul of many fp16 rows on cuBLAS (gemm_cublas.cpp): D_hat decoded to fp16 in the
 // workspace, rows copied into K-padded buffers where K_in or K_out is not a multiple of 64, one
 // cuBLAS GEMM. The FQPackedMatMul plugin takes it from kPackedGemmMinRows rows where the library
@@ -207,7 +220,9 @@ cudaError_t launch_packed_matmul_gemm(const PackedMatMulParams& p, const void* x
 // layer for one row; three launches for 2 to kPackedGemmMinRows - 1 rows, for fp32 and without
 // cuBLAS; else the gemm path, and the dense form from dense_min_rows rows (H100 timings in the
 // README). The values are the harness' path numbers.
-enum class LayerPath : int { kFused = 1, kThreeLaunches = 2, kGemm = 3, kDense = 7 };
+// kDenseWeights: the dense-at-load mode (weight built once, then launch_dense_weight_gemm), taken
+// for fp16 at every row count where the FQFrameLinear plugin runs with FQ_TRT_WEIGHTS=dense.
+enum class LayerPath : int { kFused = 1, kThreeLaunches = 2, kGemm = 3, kDense = 7, kDenseWeights = 9 };
 inline LayerPath auto_layer_path(int64_t rows, DType dtype, int64_t n, int64_t m, int64_t k_out, bool with_cublas) {
     if (rows <= 1) return LayerPath::kFused;
     if (dtype != DType::kFloat16 || rows < kPackedGemmMinRows || !with_cublas) return LayerPath::kThreeLaunches;

@@ -226,6 +226,36 @@ cudaError_t launch_frame_linear_dense(const FrameLinearParams& p, const void* x,
                         static_cast<__half*>(y), bias, p.in_dim(), p.out_dim(), rows, tail.lt_ws, gemm_choice, stream);
 }
 
+size_t dense_weight_bytes(const FrameLinearParams& p) {
+    return align256(sizeof(__half) * p.in_dim() * p.out_dim()) + align256(sizeof(__half) * p.out_dim());
+}
+
+size_t dense_weight_gemm_workspace_bytes() { return kLtWorkspace; }
+
+cudaError_t build_dense_weight(const FrameLinearParams& p, void* weight, void* workspace, cudaStream_t stream) {
+    __half* w_t = nullptr;
+    const size_t w_bytes = sizeof(__half) * p.in_dim() * p.out_dim();
+    cudaError_t err = launch_effective_weight(p, workspace, &w_t, stream);
+    if (err == cudaSuccess) err = cudaMemcpyAsync(weight, w_t, w_bytes, cudaMemcpyDeviceToDevice, stream);
+    if (err == cudaSuccess && p.bias)
+        err = launch_half_from_float(p.bias, reinterpret_cast<__half*>(static_cast<char*>(weight) + align256(w_bytes)),
+                                     p.out_dim(), stream);
+    return err;
+}
+
+cudaError_t launch_dense_weight_gemm(const FrameLinearParams& p, const void* weight, const void* x, void* y,
+                                     int64_t rows, void* workspace, void* cublaslt_handle, cudaStream_t stream,
+                                     int gemm_choice) {
+    if (rows == 0) return cudaSuccess;
+    if (cublaslt_handle == nullptr || weight == nullptr) return cudaErrorInvalidValue;
+    const size_t w_bytes = sizeof(__half) * p.in_dim() * p.out_dim();
+    const __half* bias =
+        p.bias ? reinterpret_cast<const __half*>(static_cast<const char*>(weight) + align256(w_bytes)) : nullptr;
+    return lt_gemm_bias(static_cast<cublasLtHandle_t>(cublaslt_handle), static_cast<const __half*>(weight),
+                        static_cast<const __half*>(x), static_cast<__half*>(y), bias, p.in_dim(), p.out_dim(), rows,
+                        workspace, gemm_choice, stream);
+}
+
 int frame_linear_dense_gemm_choices(const FrameLinearParams& p, const void* x, const void* y, int64_t rows,
                                     void* workspace, void* cublaslt_handle) {
     if (cublaslt_handle == nullptr || rows <= 0) return 0;

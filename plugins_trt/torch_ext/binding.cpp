@@ -242,6 +242,34 @@ torch::Tensor effective_weight(std::vector<torch::Tensor> tables, std::vector<in
     return w_t;
 }
 
+// Dense-at-load mode: the weight buffer (W^T and the fp16 bias, fq::dense_weight_bytes) built once.
+torch::Tensor build_dense_weight(std::vector<torch::Tensor> tables, std::vector<int64_t> ints) {
+    auto p = layer_params(tables, ints);
+    auto opts = tables.at(0).options().dtype(torch::kUInt8);
+    auto ws = torch::empty({static_cast<int64_t>(fq::effective_weight_workspace_bytes(p))}, opts);
+    auto weight = torch::empty({static_cast<int64_t>(fq::dense_weight_bytes(p))}, opts);
+    check(fq::build_dense_weight(p, weight.data_ptr(), ws.data_ptr(), c10::cuda::getCurrentCUDAStream()),
+          "build_dense_weight");
+    return weight;
+}
+
+// y = x W^T + bias on a weight buffer from build_dense_weight: one cuBLASLt GEMM (fp16).
+torch::Tensor dense_weight_linear(torch::Tensor x, torch::Tensor weight, std::vector<torch::Tensor> tables,
+                                  std::vector<int64_t> ints, int64_t gemm_choice) {
+    TORCH_CHECK(x.scalar_type() == torch::kHalf, "the dense-weight mode takes float16 activations");
+    auto p = layer_params(tables, ints);
+    TORCH_CHECK(weight.numel() == static_cast<int64_t>(fq::dense_weight_bytes(p)), "weight buffer of the wrong size");
+    auto y = layer_output(x, p);
+    const int64_t rows = x.numel() / p.in_dim();
+    auto ws = torch::empty({static_cast<int64_t>(fq::dense_weight_gemm_workspace_bytes())},
+                           x.options().dtype(torch::kUInt8));
+    check(fq::launch_dense_weight_gemm(p, weight.data_ptr(), x.data_ptr(), y.data_ptr(), rows, ws.data_ptr(),
+                                       at::cuda::getCurrentCUDABlasLtHandle(), c10::cuda::getCurrentCUDAStream(),
+                                       static_cast<int>(gemm_choice)),
+          "dense_weight_linear");
+    return y;
+}
+
 std::vector<torch::Tensor> frame_tables(int64_t k, int64_t rho, int64_t d) {
     const fq::FrameTables t = fq::make_frame_tables(static_cast<int>(k), static_cast<int>(rho), static_cast<int>(d));
     auto i32 = torch::TensorOptions().dtype(torch::kInt32);
@@ -289,6 +317,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           pybind11::arg("path"), pybind11::arg("barrier"), pybind11::arg("gemm_choice") = 0);
     m.def("dense_gemm_choices", &dense_gemm_choices);
     m.def("effective_weight", &effective_weight);
+    m.def("build_dense_weight", &build_dense_weight);
+    m.def("dense_weight_linear", &dense_weight_linear);
     m.def("dense_min_rows", &fq::dense_min_rows);
     // The automatic layer path (fq::auto_layer_path; this extension links cuBLAS) as a PATHS number.
     m.def("auto_path", [](int64_t rows, bool fp16, int64_t n, int64_t m, int64_t k_out) {

@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -429,6 +430,14 @@ int32_t FQPackedMatMulPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginT
 // ---- FQFrameLinear --------------------------------------------------------------------------
 
 namespace {
+// FQ_TRT_WEIGHTS: "packed" (or unset) or "dense"; anything else is refused when the plugin is made.
+bool dense_weights_from_env() {
+    char const* mode = std::getenv("FQ_TRT_WEIGHTS");
+    if (mode == nullptr || std::string(mode).empty() || std::string(mode) == "packed") return false;
+    if (std::string(mode) == "dense") return true;
+    throw std::invalid_argument(std::string("FQ_TRT_WEIGHTS must be packed or dense, not ") + mode);
+}
+
 char const* const kLayerFields[] = {"in_dim",   "out_dim",     "rotate_in",     "seed_in",
                                     "frame_in_k", "frame_in_rho", "rotate_out",  "seed_out",
                                     "frame_out_k", "frame_out_rho", "bits",      "layout_version"};
@@ -457,14 +466,17 @@ FQFrameLinearPlugin::FQFrameLinearPlugin(std::vector<int32_t> values)
     const FrameLinearParams p = shape_params();
     if (p.matmul.in_features % 2)
         throw std::invalid_argument("K_in must be even (the packed matmul reads pairs)");
+    dense_weights_ = dense_weights_from_env();
 }
 
 FQFrameLinearPlugin::FQFrameLinearPlugin(FQFrameLinearPlugin const& other)
-    : FQPluginBase(other), dense_at_opt_(other.dense_at_opt_), tactic_(other.tactic_), params_(other.params_) {
-}  // barrier and handles: the clone makes its own
+    : FQPluginBase(other), dense_at_opt_(other.dense_at_opt_), dense_weights_(other.dense_weights_),
+      tactic_(other.tactic_), params_(other.params_) {
+}  // barrier, handles and the dense mode's weight: the clone makes its own
 
 FQFrameLinearPlugin::~FQFrameLinearPlugin() {
     if (barrier_) cudaFree(barrier_);
+    if (weight_) cudaFree(weight_);
 #ifdef FQ_WITH_CUBLAS
     if (cublas_) cublasDestroy(static_cast<cublasHandle_t>(cublas_));
     if (cublaslt_) cublasLtDestroy(static_cast<cublasLtHandle_t>(cublaslt_));
@@ -509,6 +521,7 @@ FQFrameLinearPlugin::Path FQFrameLinearPlugin::path_for(DataType type, int64_t r
     // Sizes from the prepared params (enqueue runs after onShapeChange), else from the fields: no
     // field lookups on every enqueue.
     const FrameLinearParams p = params_.matmul.in_features != 0 ? params_ : shape_params();
+    if (dense_weights_ && kWithCublas && type == DataType::kHALF) return Path::kDenseWeights;
     return auto_layer_path(rows, type == DataType::kHALF ? DType::kFloat16 : DType::kFloat32, p.in_dim(), p.out_dim(),
                            p.matmul.out_features, kWithCublas);
 }
@@ -522,6 +535,8 @@ size_t FQFrameLinearPlugin::workspace_for(DataType type, int64_t rows) const {
 #ifdef FQ_WITH_CUBLAS
         case Path::kGemm: return bytes + frame_linear_gemm_workspace_bytes(p, rows);
         case Path::kDense: return bytes + frame_linear_dense_workspace_bytes(p);
+        case Path::kDenseWeights:
+            return bytes + std::max(effective_weight_workspace_bytes(p), dense_weight_gemm_workspace_bytes());
 #else
         default: break;
 #endif
@@ -554,7 +569,11 @@ void FQFrameLinearPlugin::prepare(DataType type, int64_t rows) {
         if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cublasCreate failed");
         cublas_ = handle;
     }
-    if (path == Path::kDense && !cublaslt_) {
+    if (path == Path::kDenseWeights && !weight_) {
+        if (cudaMalloc(&weight_, dense_weight_bytes(params_)) != cudaSuccess) throw std::runtime_error("cudaMalloc failed");
+        weight_built_ = false;
+    }
+    if ((path == Path::kDense || path == Path::kDenseWeights) && !cublaslt_) {
         cublasLtHandle_t handle = nullptr;
         if (cublasLtCreate(&handle) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cublasLtCreate failed");
         cublaslt_ = handle;
@@ -580,7 +599,8 @@ int32_t FQFrameLinearPlugin::configurePlugin(DynamicPluginTensorDesc const* in, 
     // The builder times tactics at the profile's opt shape: tactics only where that shape takes
     // the dense form (the profile's maximum where no opt shape is given).
     const nvinfer1::Dims& tuned = in[0].opt.nbDims == in[0].max.nbDims && in[0].opt.nbDims > 0 ? in[0].opt : in[0].max;
-    dense_at_opt_ = path_for(in[0].desc.type, std::max<int64_t>(1, leading_rows(tuned))) == Path::kDense;
+    const Path tuned_path = path_for(in[0].desc.type, std::max<int64_t>(1, leading_rows(tuned)));
+    dense_at_opt_ = tuned_path == Path::kDense || tuned_path == Path::kDenseWeights;
     return 0;
 }
 
@@ -603,6 +623,7 @@ char const* FQFrameLinearPlugin::getTimingCacheID() noexcept {
         std::string id;
         for (size_t i = 0; i < field_names_.size() && i < values_.size(); ++i)
             if (field_names_[i].rfind("seed", 0) != 0) id += field_names_[i] + "=" + std::to_string(values_[i]) + ";";
+        if (dense_weights_) id += "weights=dense;";
         timing_id_ = id;
         return timing_id_.c_str();
     } catch (std::exception const&) {
@@ -677,6 +698,16 @@ int32_t FQFrameLinearPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTe
                 if (!cublaslt_) throw std::runtime_error("no cuBLASLt handle (onShapeChange did not run)");
                 err = launch_frame_linear_dense(p, inputs[0], outputs[0], rows, ws, cublaslt_, stream,
                                                 tactic_ > 0 ? tactic_ - 1 : 0);
+                break;
+            case Path::kDenseWeights:
+                if (!cublaslt_ || !weight_) throw std::runtime_error("no dense weight buffer (onShapeChange did not run)");
+                if (!weight_built_) {  // once: the codes are constant inputs of the engine
+                    err = build_dense_weight(p, weight_, ws, stream);
+                    weight_built_ = err == cudaSuccess;
+                }
+                if (err == cudaSuccess)
+                    err = launch_dense_weight_gemm(p, weight_, inputs[0], outputs[0], rows, ws, cublaslt_, stream,
+                                                   tactic_ > 0 ? tactic_ - 1 : 0);
                 break;
 #else
             default: throw std::logic_error("path needs cuBLAS");

@@ -157,6 +157,10 @@ private:
 // and the dense form from dense_min_rows rows. The tables, the single-launch layer's barrier word
 // and the cuBLAS / cuBLASLt handles are made in onShapeChange (never inside a captured enqueue);
 // a clone shares the tables and makes its own barrier and handles.
+// Weights at run time, from the environment variable FQ_TRT_WEIGHTS when the plugin is created
+// (the engine file is the same either way): "packed" (default; the paths above read the packed
+// codes at every call) or "dense" (fp16 layers: W_hat built in fp16 by the first enqueue into a
+// buffer the plugin keeps, then one cuBLASLt GEMM per call; fp32 layers keep the packed paths).
 class FQFrameLinearPlugin : public FQPluginBase {
 public:
     explicit FQFrameLinearPlugin(std::vector<int32_t> values);
@@ -192,6 +196,9 @@ public:
 private:
     using Path = LayerPath;
     bool dense_at_opt_ = false;  // configurePlugin: the profile's opt row count takes the dense form
+    bool dense_weights_ = false;  // FQ_TRT_WEIGHTS=dense
+    void* weight_ = nullptr;      // dense mode: W^T and the fp16 bias (dense_weight_bytes)
+    bool weight_built_ = false;
     int32_t tactic_ = 0;
     std::string timing_id_;
     Path path_for(nvinfer1::DataType type, int64_t rows) const;
