@@ -284,26 +284,27 @@ def _side_operands(b: Builder, side, row_axes: dict[str, int], letters) -> tuple
     Kronecker factors). Returns operands, their subscripts and the subscripts of the coordinates."""
     dim, rows = side.dim, int(np.prod(list(row_axes.values())))
     rotation = side.rotation
+    if rotation is not None:
+        a, n_b = rotation_factors(dim)
     dense_rotation = rotation is not None and dim <= DENSE_ROTATION_MAX
+    split_rotation = rotation is not None and not dense_rotation  # coordinates as the two factors' axes
     operands, specs = [], []
-    if side.frame is None and rows == dim and len(row_axes) == 1 and not (rotation and not dense_rotation):
+    if side.frame is None and rows == dim and len(row_axes) == 1 and not split_rotation:
         coords = "".join(row_axes)  # the codes' rows are the coordinates already
     else:
-        if rotation is not None and not dense_rotation:
-            a, n_b = rotation_factors(dim)
+        tt = _dense_frame(b, side.frame, dim, rows, list(row_axes.values()))
+        if split_rotation:
             coords = next(letters) + next(letters)
-            tt = _dense_frame(b, side.frame, dim, rows, list(row_axes.values()))
             tag = f"split/{tt.name}"
             if tag not in b.shared_vars:
                 b.shared_vars[tag] = b.op("Reshape", [tt, b.ints(f"shape/{tag}", [*row_axes.values(), a, n_b])])
-            operands.append(b.shared_vars[tag])
+            tt = b.shared_vars[tag]
         else:
             coords = next(letters)
-            operands.append(_dense_frame(b, side.frame, dim, rows, list(row_axes.values())))
+        operands.append(tt)
         specs.append("".join(row_axes) + coords)
     if rotation is None:
         return operands, specs, coords
-    a, n_b = rotation_factors(dim)
     signs = _signs(b, dim, rotation.seed)
     if dense_rotation:
         tag = f"rotation_dense/{dim}"

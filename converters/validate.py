@@ -74,11 +74,15 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1]).astype(np.float64)
 
 
-def task_output(adapter: ModelAdapter, batch: dict) -> np.ndarray:
-    """The PyTorch model's task output for ``batch`` (float64, rows = embeddings / tokens / images)."""
+def _forward(adapter: ModelAdapter, batch: dict) -> np.ndarray:
+    """The PyTorch model's task output for ``batch`` (float32, as the model shapes it)."""
     with torch.no_grad():
-        out = adapter.forward({k: v.to(adapter.device) for k, v in batch.items()}).float().cpu().numpy()
-    return _rows(out)
+        return adapter.forward({k: v.to(adapter.device) for k, v in batch.items()}).float().cpu().numpy()
+
+
+def task_output(adapter: ModelAdapter, batch: dict) -> np.ndarray:
+    """The task output as float64 rows (embeddings / tokens / images)."""
+    return _rows(_forward(adapter, batch))
 
 
 def output_agreement(adapter: ModelAdapter, before: list[np.ndarray], after: list[np.ndarray]) -> dict:
@@ -97,8 +101,7 @@ def compare(adapter: ModelAdapter, session, batches: list[dict], tolerances: dic
     reported as infinite, their cosine as NaN)."""
     max_err, ref_max, cos_min, agree, total, emb_cos = 0.0, 0.0, 1.0, 0, 0, []
     for batch in batches:
-        with torch.no_grad():
-            ref = adapter.forward({k: v.to(adapter.device) for k, v in batch.items()}).float().cpu().numpy()
+        ref = _forward(adapter, batch)
         out = session.run(["output"], _feeds(adapter, batch))[0]
         if out.shape != ref.shape:
             raise ValueError(f"artifact output shape {out.shape} != PyTorch output shape {ref.shape}")
