@@ -47,9 +47,9 @@ if [ "${PROFILE_TIMEOUT:-200}" != 0 ] && [ -x "$NCU" ]; then
     echo "ncu $shape rc=$? $(( $(date +%s) - start ))s"
     "$NCU" --import "$OUT/side_rows_$shape.ncu-rep" --page source --csv --print-source cuda,sass > "$OUT/side_rows_source_$shape.csv"
     python plugins_trt/tools/ncu_phases.py "$OUT/side_rows_source_$shape.csv" --lines 15 \
-      --function gather=effective_weight.cu:warp_gather --function dft=effective_weight.cu:warp_dft_in_place+mma_tile_ldsm \
-      --function odd_mix=effective_weight.cu:warp_odd_mix --function wht=effective_weight.cu:wht_pass16+wht_pass_scalar \
-      --function decode=effective_weight.cu:rows_decode --function kernel_body=effective_weight.cu:side_rows_kernel \
+      --function gather=dense/side_rows.cu:warp_gather --function dft=dense/side_rows.cu:warp_dft_in_place+mma_tile_ldsm \
+      --function odd_mix=dense/side_rows.cu:warp_odd_mix --function wht=dense/side_rows.cu:wht_pass16+wht_pass_scalar \
+      --function decode=dense/side_rows.cu:rows_decode --function kernel_body=dense/side_rows.cu:side_rows_kernel \
       | tee "$OUT/side_rows_phases_$shape.txt"
   done
 fi

@@ -81,7 +81,7 @@ def test_function_lines_finds_the_definition_not_calls():
 
 def test_function_phases_on_the_kernel_source():
     # The side-rows kernel's helpers resolve in the real source, each inside the file and in order.
-    text = (ncu_phases.CSRC / "effective_weight.cu").read_text()
+    text = (ncu_phases.CSRC / "dense" / "side_rows.cu").read_text()
     spans = [ncu_phases.function_lines(text, f) for f in ("warp_gather", "warp_odd_mix", "side_rows_kernel")]
     assert all(first < last for first, last in spans)
     assert spans[0][1] < spans[1][0] < spans[1][1] < spans[2][0]

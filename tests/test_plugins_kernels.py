@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -461,7 +462,8 @@ def test_auto_path_takes_dense_for_many_rows(h, monkeypatch):
             taken.append(path)
             return ext.frame_linear(x, tables, ints, path, barrier, **kw)
 
-    monkeypatch.setattr(h, "load_extension", lambda: Spy())
+    # KernelLinear's module looks the extension up at every call (plugins_trt.runtime.layers).
+    monkeypatch.setattr(sys.modules[h.KernelLinear.__module__], "load_extension", lambda: Spy())
     kl = h.KernelLinear(layer)
     k_out = layer.frame_shape[0]
     rows_dense = h.dense_min_rows(768, 3072, k_out)

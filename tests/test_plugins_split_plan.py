@@ -1,6 +1,6 @@
 """The spread decode kernel's shared-memory bounds hold for every frame the exporter can choose.
 
-``make_plan`` in plugins_trt/csrc/frame_linear_split.cu sizes its shared buffers from bounds on (a)
+``make_plan`` in plugins_trt/csrc/layer/frame_linear_split.cu sizes its shared buffers from bounds on (a)
 the rotation chunks under the frame runs of one column group of the codes and (b) the frame runs
 under one output rotation chunk, without reading the frame tables; the kernel stops with a trap if
 a bound is ever exceeded. This test computes the true counts from fq_export's frames for model

@@ -1,4 +1,4 @@
-"""Host check of the side-columns kernel's shared-memory layout (plugins_trt/csrc/slab_layout.cuh).
+"""Host check of the side-columns kernel's shared-memory layout (plugins_trt/csrc/dense/slab_layout.cuh).
 
 A small C++ program includes the header itself (no copy of cslot) and checks, for every power of two
 up to 65536 points, that cslot permutes each aligned group of 8 points, that it is linear (the kernel
@@ -21,7 +21,7 @@ CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 PROGRAM = r"""
 #include <cstdio>
 #include <vector>
-#include "slab_layout.cuh"
+#include "dense/slab_layout.cuh"
 using fq::cslot;
 
 static int failures = 0;

@@ -1,8 +1,7 @@
 // The matmul of many rows on cuBLAS: D_hat decoded to fp16, then cublasGemmEx (fp32 accumulation)
 // on K_out and K_in rounded up to kGemmAlign with zero padding: cuBLAS takes its fast
 // tensor-core kernels only when the sizes themselves are multiples of 8, not just the leading
-// dimensions, and K = k * rho rarely is one (H100, 12608 rows: K = 4500 runs at 223 TFLOP/s, 4544
-// at 765; benchmarks/results/h100/cublas_alignment.txt). Two callers: the packed matmul op
+// dimensions, and K = k * rho rarely is one (docs/kernels.md has the measurement). Two callers: the packed matmul op
 // (rows copied into and out of padded buffers where K is unaligned) and the many-row layer
 // (prologue straight into the padded c, GEMM, epilogue reading the padded z).
 // The dense many-row layer (one cuBLASLt GEMM on the layer's effective weight, bias in the GEMM's
@@ -11,8 +10,8 @@
 #include <algorithm>
 #include <climits>
 
-#include <cublas_v2.h>
 #include <cublasLt.h>
+#include <cublas_v2.h>
 
 #include "fq_kernels.h"
 
@@ -30,8 +29,8 @@ cudaError_t zero_columns(__half* base, int64_t ld, int64_t from, int64_t rows, c
 // z (rows x ldz) = c (rows x ldc) D_hat^T on the padded sizes, D_hat decoded into d_hat (ldz x ldc)
 // with zero padding. c's padding columns must be zero (the workspace may hold anything, NaN
 // included, and 0 * NaN is NaN).
-cudaError_t padded_gemm(const PackedMatMulParams& p, const __half* c, int64_t ldc, __half* z, int64_t ldz,
-                        int64_t rows, __half* d_hat, void* cublas_handle, cudaStream_t stream) {
+cudaError_t padded_gemm(const PackedMatMulParams& p, const __half* c, int64_t ldc, __half* z, int64_t ldz, int64_t rows,
+                        __half* d_hat, void* cublas_handle, cudaStream_t stream) {
     if (rows > INT_MAX || cublas_handle == nullptr) return cudaErrorInvalidValue;
     const int64_t k_in = p.in_features, k_out = p.out_features;
     cudaError_t err = zero_columns(d_hat, ldc, k_in, k_out, stream);
@@ -93,23 +92,22 @@ size_t frame_linear_gemm_workspace_bytes(const FrameLinearParams& p, int64_t row
     return align256(sizeof(__half) * rows * ldc) + align256(sizeof(__half) * rows * ldz) + d_hat_bytes(p.matmul);
 }
 
-cudaError_t launch_frame_linear_gemm(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
-                                     void* workspace, void* cublas_handle, cudaStream_t stream) {
+cudaError_t launch_frame_linear_gemm(const FrameLinearParams& p, const void* x, void* y, int64_t rows, void* workspace,
+                                     void* cublas_handle, cudaStream_t stream) {
     if (rows == 0) return cudaSuccess;
     if (rows > INT_MAX || cublas_handle == nullptr) return cudaErrorInvalidValue;
     const int64_t ldc = padded(p.matmul.in_features), ldz = padded(p.matmul.out_features);
     char* base = static_cast<char*>(workspace);
     __half* c = reinterpret_cast<__half*>(base);
     __half* z = reinterpret_cast<__half*>(base + align256(sizeof(__half) * rows * ldc));
-    __half* d_hat = reinterpret_cast<__half*>(base + align256(sizeof(__half) * rows * ldc) +
-                                              align256(sizeof(__half) * rows * ldz));
+    __half* d_hat =
+        reinterpret_cast<__half*>(base + align256(sizeof(__half) * rows * ldc) + align256(sizeof(__half) * rows * ldz));
     cudaError_t err = launch_layer_prologue(p, x, c, ldc, rows, DType::kFloat16, stream);
     if (err == cudaSuccess) err = zero_columns(c, ldc, p.matmul.in_features, rows, stream);
     if (err == cudaSuccess) err = padded_gemm(p.matmul, c, ldc, z, ldz, rows, d_hat, cublas_handle, stream);
     if (err == cudaSuccess) err = launch_layer_epilogue(p, z, ldz, y, rows, DType::kFloat16, stream);
     return err;
 }
-
 
 // ---- the dense form: one GEMM on the effective weight ------------------------------------
 
@@ -145,30 +143,32 @@ uint32_t alignment_of(const void* p) {
 // y^T (m x rows) = w_t^T (m x n, ld m) x^T (n x rows, ld n), the bias one value per row of y^T.
 // The descriptors and the first `want` entries of cuBLASLt's heuristic list for them (want at most
 // kDenseGemmChoices); false where a descriptor cannot be made or the list is empty.
-bool lt_candidates(cublasLtHandle_t handle, const void* w_t, const void* x, const void* y, const void* bias,
-                   int64_t n, int64_t m, int64_t rows, int want, LtCall& c, cublasLtMatmulHeuristicResult_t* list,
-                   int* found) {
+bool lt_candidates(cublasLtHandle_t handle, const void* w_t, const void* x, const void* y, const void* bias, int64_t n,
+                   int64_t m, int64_t rows, int want, LtCall& c, cublasLtMatmulHeuristicResult_t* list, int* found) {
     const cublasOperation_t no = CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     const size_t ws = kLtWorkspace;
-    bool ok = cublasLtMatmulDescCreate(&c.op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_TRANSA, &no, sizeof(no)) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_TRANSB, &no, sizeof(no)) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)) == CUBLAS_STATUS_SUCCESS &&
-              (!bias || cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)) ==
-                            CUBLAS_STATUS_SUCCESS) &&
-              cublasLtMatrixLayoutCreate(&c.a, CUDA_R_16F, m, n, m) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatrixLayoutCreate(&c.b, CUDA_R_16F, n, rows, n) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatrixLayoutCreate(&c.d, CUDA_R_16F, m, rows, m) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatmulPreferenceCreate(&c.pref) == CUBLAS_STATUS_SUCCESS &&
-              cublasLtMatmulPreferenceSetAttribute(c.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)) ==
-                  CUBLAS_STATUS_SUCCESS;
+    bool ok =
+        cublasLtMatmulDescCreate(&c.op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_TRANSA, &no, sizeof(no)) == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_TRANSB, &no, sizeof(no)) == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)) ==
+            CUBLAS_STATUS_SUCCESS &&
+        (!bias || cublasLtMatmulDescSetAttribute(c.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)) ==
+                      CUBLAS_STATUS_SUCCESS) &&
+        cublasLtMatrixLayoutCreate(&c.a, CUDA_R_16F, m, n, m) == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatrixLayoutCreate(&c.b, CUDA_R_16F, n, rows, n) == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatrixLayoutCreate(&c.d, CUDA_R_16F, m, rows, m) == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulPreferenceCreate(&c.pref) == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulPreferenceSetAttribute(c.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)) ==
+            CUBLAS_STATUS_SUCCESS;
     const uint32_t align[4] = {alignment_of(w_t), alignment_of(x), alignment_of(y), alignment_of(y)};
     const cublasLtMatmulPreferenceAttributes_t which[4] = {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
     for (int i = 0; ok && i < 4; ++i)
-        ok = cublasLtMatmulPreferenceSetAttribute(c.pref, which[i], &align[i], sizeof(align[i])) == CUBLAS_STATUS_SUCCESS;
+        ok = cublasLtMatmulPreferenceSetAttribute(c.pref, which[i], &align[i], sizeof(align[i])) ==
+             CUBLAS_STATUS_SUCCESS;
     *found = 0;
     return ok &&
            cublasLtMatmulAlgoGetHeuristic(handle, c.op, c.a, c.b, c.d, c.d, c.pref, want, list, found) ==
@@ -211,8 +211,8 @@ size_t frame_linear_dense_workspace_bytes(const FrameLinearParams& p) {
     return effective_weight_workspace_bytes(p) + align256(sizeof(__half) * p.out_dim()) + kLtWorkspace;
 }
 
-cudaError_t launch_frame_linear_dense(const FrameLinearParams& p, const void* x, void* y, int64_t rows,
-                                      void* workspace, void* cublaslt_handle, cudaStream_t stream, int gemm_choice) {
+cudaError_t launch_frame_linear_dense(const FrameLinearParams& p, const void* x, void* y, int64_t rows, void* workspace,
+                                      void* cublaslt_handle, cudaStream_t stream, int gemm_choice) {
     if (rows == 0) return cudaSuccess;
     if (cublaslt_handle == nullptr) return cudaErrorInvalidValue;
     const DenseTail tail = dense_tail(p, workspace);

@@ -17,12 +17,12 @@ constexpr int kMaxFrameBlock = 64;
 
 // Tables of the real (k, rho, d) tight fusion frame (see fq_export/frames.py).
 struct FrameTables {
-    int k = 0, rho_c = 0, d_c = 0;       // complex block width, rho/2, d/2
-    std::vector<int32_t> gather_index;   // [rho_c * k]: bin (i, t) <- complex coordinate
-    std::vector<double> gather_weight;   // [rho_c * k]
-    std::vector<int32_t> synth_bin;      // [2 * d_c]: v_c[j] gathers bins synth_bin[s][j]
-    std::vector<double> synth_weight;    // [2 * d_c]
-    std::vector<double> dft;             // [2k * 2k] realified unitary DFT, row-major
+    int k = 0, rho_c = 0, d_c = 0;      // complex block width, rho/2, d/2
+    std::vector<int32_t> gather_index;  // [rho_c * k]: bin (i, t) <- complex coordinate
+    std::vector<double> gather_weight;  // [rho_c * k]
+    std::vector<int32_t> synth_bin;     // [2 * d_c]: v_c[j] gathers bins synth_bin[s][j]
+    std::vector<double> synth_weight;   // [2 * d_c]
+    std::vector<double> dft;            // [2k * 2k] realified unitary DFT, row-major
     int d() const { return 2 * d_c; }
     int num_vectors() const { return 2 * rho_c * k; }
 };
@@ -30,8 +30,8 @@ struct FrameTables {
 // Tables of the randomized Hadamard rotation R = (H_power kron C_odd) diag(signs).
 struct RotationTables {
     int dim = 0, power = 0, odd = 0;
-    std::vector<double> signs;           // [dim], +-1
-    std::vector<double> dct;             // [odd * odd] orthonormal DCT-II, row-major
+    std::vector<double> signs;  // [dim], +-1
+    std::vector<double> dct;    // [odd * odd] orthonormal DCT-II, row-major
 };
 
 bool tff_exists(int k, int rho, int d);

@@ -149,7 +149,8 @@ int main(int argc, char** argv) {
                 if (names[i].rfind("seed", 0) == 0) other[i] += 17;
             IPluginV3* twin = create("twin", other);
             if (!twin) throw std::runtime_error("createPlugin (other seeds) failed");
-            auto* twin_build = static_cast<IPluginV3OneBuild*>(twin->getCapabilityInterface(PluginCapabilityType::kBUILD));
+            auto* twin_build =
+                static_cast<IPluginV3OneBuild*>(twin->getCapabilityInterface(PluginCapabilityType::kBUILD));
             char const* twin_id = twin_build->getTimingCacheID();
             const bool same = twin_id && first == twin_id;
             delete twin;
@@ -167,14 +168,18 @@ int main(int argc, char** argv) {
             return x;
         };
         for (DataType act : {DataType::kHALF, DataType::kFLOAT}) {
-            DynamicPluginTensorDesc io[6] = {desc(act, dims2(-1, n)),           desc(DataType::kINT32, dims2(k_out, words)),
-                                             desc(DataType::kFLOAT, dims1(k_out)), desc(DataType::kFLOAT, dims1(k_out)),
-                                             desc(DataType::kFLOAT, dims1(m)),     desc(act, dims2(-1, m))};
+            DynamicPluginTensorDesc io[6] = {desc(act, dims2(-1, n)),
+                                             desc(DataType::kINT32, dims2(k_out, words)),
+                                             desc(DataType::kFLOAT, dims1(k_out)),
+                                             desc(DataType::kFLOAT, dims1(k_out)),
+                                             desc(DataType::kFLOAT, dims1(m)),
+                                             desc(act, dims2(-1, m))};
             for (int32_t pos = 0; pos < 6; ++pos)
                 if (!build->supportsFormatCombination(pos, io, 5, 1))
                     throw std::runtime_error("supportsFormatCombination refused position " + std::to_string(pos));
             io[5].desc.type = act == DataType::kHALF ? DataType::kFLOAT : DataType::kHALF;
-            if (build->supportsFormatCombination(5, io, 5, 1)) throw std::runtime_error("output of another type accepted");
+            if (build->supportsFormatCombination(5, io, 5, 1))
+                throw std::runtime_error("output of another type accepted");
             io[4].desc.type = DataType::kHALF;
             if (build->supportsFormatCombination(4, io, 5, 1)) throw std::runtime_error("fp16 bias accepted");
             DataType in_types[5] = {act, DataType::kINT32, DataType::kFLOAT, DataType::kFLOAT, DataType::kFLOAT};
@@ -188,7 +193,8 @@ int main(int argc, char** argv) {
         PluginFieldCollection const* serial = core->getFieldsToSerialize();
         IPluginV3* deserialized = creator->createPlugin("layer", serial, TensorRTPhase::kRUNTIME);
         if (!deserialized) throw std::runtime_error("createPlugin (kRUNTIME) from the serialized fields failed");
-        auto* drt = static_cast<IPluginV3OneRuntime*>(deserialized->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        auto* drt =
+            static_cast<IPluginV3OneRuntime*>(deserialized->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
         IPluginV3* context = drt->attachToContext(nullptr);
         if (!context) throw std::runtime_error("attachToContext");
         auto* rt = static_cast<IPluginV3OneRuntime*>(context->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
@@ -204,7 +210,8 @@ int main(int argc, char** argv) {
         float* d_zero32 = device_copy(zero);
         float* d_bias = device_copy(bias);
         std::vector<__half> scale16(scale.size()), zero16(zero.size());
-        for (size_t i = 0; i < scale.size(); ++i) scale16[i] = __float2half(scale[i]), zero16[i] = __float2half(zero[i]);
+        for (size_t i = 0; i < scale.size(); ++i)
+            scale16[i] = __float2half(scale[i]), zero16[i] = __float2half(zero[i]);
         __half* d_scale16 = device_copy(scale16);
         __half* d_zero16 = device_copy(zero16);
         cudaStream_t stream;
@@ -261,7 +268,8 @@ int main(int argc, char** argv) {
             for (int32_t tactic : tactics) {
                 if (rt->setTactic(tactic) != 0) throw std::runtime_error("setTactic");
                 for (int rep = 0; rep < 2; ++rep) {  // twice: the single-launch layer's barrier word is reused
-                    if (rt->enqueue(pin, pout, inputs, outputs, d_ws, stream) != 0) throw std::runtime_error("enqueue failed");
+                    if (rt->enqueue(pin, pout, inputs, outputs, d_ws, stream) != 0)
+                        throw std::runtime_error("enqueue failed");
                     check(cudaStreamSynchronize(stream), "enqueue");
                 }
                 std::vector<double> y(rows * m);
@@ -284,9 +292,11 @@ int main(int argc, char** argv) {
                 const double err = std::sqrt(num / den);
                 const bool ok = finite && err <= tol;
                 failures += !ok;
-                std::printf("case %-12s rows %6lld %s scale %s workspace %10zu B  tactic %d  rel_err %.3e  tolerance %.3e  %s\n",
-                            name.c_str(), static_cast<long long>(rows), act == DataType::kHALF ? "fp16" : "fp32",
-                            scale_fp16 ? "fp16" : "fp32", ws_bytes, tactic, err, tol, ok ? "ok" : "FAILED");
+                std::printf(
+                    "case %-12s rows %6lld %s scale %s workspace %10zu B  tactic %d  rel_err %.3e  tolerance %.3e  "
+                    "%s\n",
+                    name.c_str(), static_cast<long long>(rows), act == DataType::kHALF ? "fp16" : "fp32",
+                    scale_fp16 ? "fp16" : "fp32", ws_bytes, tactic, err, tol, ok ? "ok" : "FAILED");
                 check(cudaMemset(d_y, 0xFF, rows * m * esize), "y NaN");  // the next tactic writes it all again
             }
             cudaFree(d_x);

@@ -3,11 +3,11 @@
 TensorRT's runtime cannot be installed here, but its headers can be had (NVIDIA/TensorRT) and the
 plugin's glue does not link libnvinfer. ``plugin_glue_check.cpp`` links the plugin library's
 sources and drives the plugin the way TensorRT does (creator, build checks, serialization,
-context clone, onShapeChange + enqueue per case, workspace as asked for and filled with NaN).
+context clone, onShapeChange + enqueue per case, a workspace of the size the plugin asks for, filled with NaN).
 This script writes its data (a random 768x768 FrameQuant layer, or --size N for N x N, inputs,
 float64 references and tolerances), builds it with nvcc and runs it on the GPU:
 
-    python plugins_trt/tools/plugin_glue_check.py run --trt-include /path/to/TensorRT/include
+    python plugins_trt/tools/plugin_glue_check.py run --trt-include /path/to/TensorRT/include [--workdir DIR]
 
 The cases cover the plugin's four paths at the default thresholds: 1 row (single launch), 16 rows
 (three launches), 300 fp16 rows (gemm path), 1000 fp16 rows (dense form, from dense_min_rows =
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,15 +90,32 @@ def dense_rows(size: int, k_out: int) -> int:
     return math.ceil(size * (k_out + size) / (2 * size))
 
 
+def sources() -> list[Path]:
+    """Everything the plugin library compiles: the kernels, the host parts, the plugins."""
+    plugins = ROOT / "plugins_trt"
+    csrc = plugins / "csrc"
+    return [*sorted(csrc.rglob("*.cu")), csrc / "gemm_cublas.cpp", csrc / "recipe.cpp", *sorted((plugins / "trt").rglob("*.cpp"))]
+
+
 def build(trt_include: Path, out: Path) -> None:
+    """One nvcc per source, as many at once as there are CPUs, then the link."""
     csrc = ROOT / "plugins_trt" / "csrc"
     major, minor = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0)
-    cmd = ["nvcc", "-O2", "-std=c++17", f"-arch=sm_{major}{minor}", "--use_fast_math", "-DFQ_WITH_CUBLAS",
-           "-Xcompiler", "-Wno-deprecated-declarations",
-           "-I", str(csrc), "-I", str(trt_include), *sorted(str(p) for p in csrc.glob("*.cu")),
-           str(csrc / "gemm_cublas.cpp"), str(csrc / "recipe.cpp"), str(ROOT / "plugins_trt" / "trt" / "fqPlugins.cpp"),
-           str(Path(__file__).with_suffix(".cpp")), "-lcublas", "-lcublasLt", "-o", str(out)]
-    subprocess.run(cmd, check=True)
+    flags = ["-O2", "-std=c++17", f"-arch=sm_{major}{minor}", "--use_fast_math", "-DFQ_WITH_CUBLAS",
+             "-Xcompiler", "-Wno-deprecated-declarations", "-I", str(csrc), "-I", str(trt_include)]
+    objects = out.parent / "obj"
+    objects.mkdir(parents=True, exist_ok=True)
+    units = [*sources(), Path(__file__).with_suffix(".cpp")]
+
+    def compile_one(source: Path) -> Path:
+        obj = objects / (str(source.relative_to(ROOT)).replace("/", "_") + ".o")
+        subprocess.run(["nvcc", *flags, "-c", str(source), "-o", str(obj)], check=True)
+        return obj
+
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        objs = list(pool.map(compile_one, units))
+    subprocess.run(["nvcc", f"-arch=sm_{major}{minor}", *map(str, objs), "-lcublas", "-lcublasLt", "-o", str(out)],
+                   check=True)
 
 
 def main(argv=None) -> int:
@@ -107,7 +126,9 @@ def main(argv=None) -> int:
     d.add_argument("--size", type=int, default=SIZE, help=f"layer width (default {SIZE})")
     r = sub.add_parser("run", help="write the data, build with nvcc, run")
     r.add_argument("--size", type=int, default=SIZE, help=f"layer width (default {SIZE})")
-    r.add_argument("--trt-include", type=Path, required=True, help="TensorRT's include folder (NvInferRuntime.h)")
+    r.add_argument("--trt-include", type=Path,
+                   default=Path(os.environ.get("FQ_TRT_INCLUDE") or ROOT / ".trt_headers" / "include"),
+                   help="TensorRT's include folder (NvInferRuntime.h; default $FQ_TRT_INCLUDE, else .trt_headers/include)")
     r.add_argument("--workdir", type=Path)
     args = parser.parse_args(argv)
     if args.cmd == "data":

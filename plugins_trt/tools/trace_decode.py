@@ -22,17 +22,17 @@ import torch  # noqa: E402
 
 from plugins_trt import harness  # noqa: E402
 
-STAMPS = {0: "start (block 0)", 1: "codes cp.async issued", 2: "DFT table in shared memory", 3: "x loaded",
+STAMPS = {0: "start (block 0)", 1: "codes cp.async started", 2: "DFT table in shared memory", 3: "x loaded",
           4: "rotation R_in^T", 5: "frame analysis", 6: "codes arrived + barrier", 7: "split-K GEMV done",
           8: "z written", 32: "last block starts epilogue", 33: "DFT^T table loaded", 34: "frame synthesis",
           35: "rotation R_out", 36: "y stored"}
 
-SPLIT_STAMPS = {0: "start (block 0)", 1: "x, gathers, DFT staged", 2: "band found, codes issued", 3: "fold (H_n_hi)",
+SPLIT_STAMPS = {0: "start (block 0)", 1: "x, gathers, DFT staged", 2: "band found, codes started", 3: "fold (H_n_hi)",
                 4: "rotation chunks done", 5: "frame analysis", 6: "codes arrived", 7: "partial z written",
                 8: "grid barrier 1", 9: "z summed", 10: "W written", 11: "grid barrier 2", 12: "fold of W",
                 13: "y stored"}
 
-GEMV_STAMPS = {0: "start (block 0)", 1: "tables and codes issued", 2: "x loaded, tables arrived",
+GEMV_STAMPS = {0: "start (block 0)", 1: "tables and codes started", 2: "x loaded, tables arrived",
                3: "rotation R_in^T", 4: "frame analysis, codes arrived", 5: "GEMV done", 6: "z written",
                32: "last block starts epilogue", 33: "z, tables, bias loaded", 34: "frame synthesis",
                35: "rotation R_out", 36: "y stored"}

@@ -1,11 +1,13 @@
 // Thin PyTorch binding of the plugins_trt kernels (the same .cu sources the TensorRT plugins
 // build); tensors in, tensors out, parameters into the kernels' structs. Used by
-// plugins_trt/harness.py for tests and benchmarks only.
-#include <torch/extension.h>
+// plugins_trt/runtime/ (KernelLinear, use_kernels) and plugins_trt/harness.py.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
 
+#include <map>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "fq_kernels.h"
@@ -21,6 +23,20 @@ fq::DType dtype_of(const torch::Tensor& x) {
     if (x.scalar_type() == torch::kHalf) return fq::DType::kFloat16;
     if (x.scalar_type() == torch::kFloat) return fq::DType::kFloat32;
     throw std::invalid_argument("fq kernels take float16 or float32 activations");
+}
+
+// The name of a layer path value (fq::kLayerPathNames), "unknown" for another value.
+const char* layer_path_name(int64_t path) {
+    for (const auto& entry : fq::kLayerPathNames)
+        if (static_cast<int64_t>(entry.path) == path) return entry.name;
+    return "unknown";
+}
+
+// Every layer path, name -> value (fq::kLayerPathNames): what harness.PATHS is built from.
+std::map<std::string, int64_t> layer_paths() {
+    std::map<std::string, int64_t> out;
+    for (const auto& entry : fq::kLayerPathNames) out[entry.name] = static_cast<int64_t>(entry.path);
+    return out;
 }
 
 void require_cuda(const torch::Tensor& t, const char* name) {
@@ -63,7 +79,8 @@ fq::PackedMatMulParams matmul_params(const std::vector<torch::Tensor>& t, const 
     p.out_features = static_cast<int>(i.at(2));
     p.words_per_row = static_cast<int>(t.at(0).size(1));
     TORCH_CHECK(t.at(0).size(0) == p.out_features, "packed codes must have out_features rows");
-    TORCH_CHECK(p.words_per_row == (p.in_features + 31) / 32 * p.bits, "packed codes width does not match");
+    TORCH_CHECK(p.words_per_row == fq::packed::words_per_row(p.in_features, p.bits),
+                "packed codes width does not match");
     p.codes = reinterpret_cast<const uint32_t*>(t.at(0).data_ptr<int32_t>());
     p.scale = reinterpret_cast<const __half*>(t.at(1).data_ptr<at::Half>());
     p.zero = reinterpret_cast<const __half*>(t.at(2).data_ptr<at::Half>());
@@ -136,7 +153,9 @@ fq::FrameLinearParams layer_params(const std::vector<torch::Tensor>& t, const st
     p.has_frame_in = i.at(1);
     p.has_frame_out = i.at(2);
     p.has_rotation_out = i.at(3);
-    auto slice = [](const auto& v, size_t a, size_t n) { return std::vector<typename std::decay_t<decltype(v)>::value_type>(v.begin() + a, v.begin() + a + n); };
+    auto slice = [](const auto& v, size_t a, size_t n) {
+        return std::vector<typename std::decay_t<decltype(v)>::value_type>(v.begin() + a, v.begin() + a + n);
+    };
     if (p.has_rotation_in) p.rotation_in = rotation_params(slice(t, 0, 2), slice(i, 4, 3));
     if (p.has_frame_in) p.frame_in = frame_params(slice(t, 2, 6), slice(i, 7, 4));
     p.matmul = matmul_params(slice(t, 8, 3), slice(i, 11, 3));
@@ -146,11 +165,6 @@ fq::FrameLinearParams layer_params(const std::vector<torch::Tensor>& t, const st
     return p;
 }
 
-// path: 1 fused single launch (rows <= kFusedMaxRows: decode where it fits, else cooperative),
-// 2 three launches (prologue, packed matmul, epilogue), 3 prologue + dequantize + cuBLAS +
-// epilogue (fp16 only), 4 the decode kernel (rows <= kDecodeRows), 5 the cooperative kernel, 6 the
-// spread decode kernel (rows <= kDecodeRows), 7 the dense form (effective weight + one cuBLASLt GEMM,
-// fp16 only), 8 the one-row gemv kernel.
 // An output tensor for x's rows (x on CUDA, its last axis the layer's input width).
 torch::Tensor layer_output(const torch::Tensor& x, const fq::FrameLinearParams& p) {
     require_cuda(x, "x");
@@ -160,6 +174,10 @@ torch::Tensor layer_output(const torch::Tensor& x, const fq::FrameLinearParams& 
     return torch::empty(shape, x.options());
 }
 
+// One layer through `path` (an fq::LayerPath value, harness.PATHS): rows up to kFusedMaxRows for
+// the fused and cooperative kernels, kDecodeRows for the decode and split kernels, one row for the
+// gemv kernel; fp16 only for the gemm and dense paths. The dense-at-load mode has its own calls
+// (build_dense_weight, dense_weight_linear).
 torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, std::vector<int64_t> ints, int64_t path,
                            torch::Tensor barrier, int64_t gemm_choice) {
     auto p = layer_params(tables, ints);
@@ -169,49 +187,71 @@ torch::Tensor frame_linear(torch::Tensor x, std::vector<torch::Tensor> tables, s
     auto workspace = [&](size_t bytes) {
         return torch::empty({static_cast<int64_t>(bytes)}, x.options().dtype(torch::kUInt8));
     };
-    if (path == 1) {
-        TORCH_CHECK(rows <= fq::kFusedMaxRows, "the fused layer takes at most ", fq::kFusedMaxRows, " rows");
-        auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
-        check(fq::launch_frame_linear_fused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
-                                            reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>()), stream),
-              "frame_linear_fused");
-    } else if (path == 8) {
-        if (rows != 1) throw std::invalid_argument("the gemv layer path takes one row, got " + std::to_string(rows));
-        auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
-        check(fq::launch_frame_linear_gemv(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
-                                           reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>()), stream),
-              "frame_linear_gemv");
-    } else if (path == 4 || path == 5 || path == 6) {
-        const int64_t most = path == 5 ? fq::kFusedMaxRows : fq::kDecodeRows;
+    auto* bar = reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>());
+    auto at_most = [&](int64_t most) {
         if (rows > most)
-            throw std::invalid_argument("this layer path takes at most " + std::to_string(most) + " rows, got " +
-                                        std::to_string(rows));
-        auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
-        auto* bar = reinterpret_cast<unsigned int*>(barrier.data_ptr<int32_t>());
-        auto launch = path == 4 ? fq::launch_frame_linear_decode
-                      : path == 5 ? fq::launch_frame_linear_cooperative
-                                  : fq::launch_frame_linear_split;
-        check(launch(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(), bar, stream),
-              path == 4 ? "frame_linear_decode" : path == 5 ? "frame_linear_cooperative" : "frame_linear_split");
-    } else if (path == 2) {
-        auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
-        check(fq::launch_frame_linear_unfused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(), stream),
-              "frame_linear_unfused");
-    } else if (path == 3) {
-        TORCH_CHECK(x.scalar_type() == torch::kHalf, "the cuBLAS path takes float16 activations");
-        auto ws = workspace(fq::frame_linear_gemm_workspace_bytes(p, rows));
-        check(fq::launch_frame_linear_gemm(p, x.data_ptr(), y.data_ptr(), rows, ws.data_ptr(),
-                                           at::cuda::getCurrentCUDABlasHandle(), stream),
-              "frame_linear_gemm");
-    } else if (path == 7) {
-        TORCH_CHECK(x.scalar_type() == torch::kHalf, "the dense path takes float16 activations");
-        auto ws = workspace(fq::frame_linear_dense_workspace_bytes(p));
-        check(fq::launch_frame_linear_dense(p, x.data_ptr(), y.data_ptr(), rows, ws.data_ptr(),
-                                            at::cuda::getCurrentCUDABlasLtHandle(), stream,
-                                            static_cast<int>(gemm_choice)),
-              "frame_linear_dense");
-    } else {
-        TORCH_CHECK(false, "unknown layer path ", path);
+            throw std::invalid_argument("layer path " + std::string(layer_path_name(path)) + " takes at most " +
+                                        std::to_string(most) + " rows, got " + std::to_string(rows));
+    };
+    using fq::LayerPath;
+    switch (static_cast<LayerPath>(path)) {
+        case LayerPath::kFused: {
+            TORCH_CHECK(rows <= fq::kFusedMaxRows, "the fused layer takes at most ", fq::kFusedMaxRows, " rows");
+            auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
+            check(fq::launch_frame_linear_fused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(), bar,
+                                                stream),
+                  "frame_linear_fused");
+            break;
+        }
+        case LayerPath::kGemv: {
+            if (rows != 1)
+                throw std::invalid_argument("the gemv layer path takes one row, got " + std::to_string(rows));
+            auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
+            check(fq::launch_frame_linear_gemv(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(), bar,
+                                               stream),
+                  "frame_linear_gemv");
+            break;
+        }
+        case LayerPath::kDecode:
+        case LayerPath::kCooperative:
+        case LayerPath::kSplit: {
+            const auto which = static_cast<LayerPath>(path);
+            at_most(which == LayerPath::kCooperative ? fq::kFusedMaxRows : fq::kDecodeRows);
+            auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
+            auto launch = which == LayerPath::kDecode        ? fq::launch_frame_linear_decode
+                          : which == LayerPath::kCooperative ? fq::launch_frame_linear_cooperative
+                                                             : fq::launch_frame_linear_split;
+            check(launch(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(), bar, stream),
+                  layer_path_name(path));
+            break;
+        }
+        case LayerPath::kThreeLaunches: {
+            auto ws = workspace(fq::frame_linear_workspace_bytes(p, rows));
+            check(fq::launch_frame_linear_unfused(p, x.data_ptr(), y.data_ptr(), rows, dtype_of(x), ws.data_ptr(),
+                                                  stream),
+                  "frame_linear_unfused");
+            break;
+        }
+        case LayerPath::kGemm: {
+            TORCH_CHECK(x.scalar_type() == torch::kHalf, "the cuBLAS path takes float16 activations");
+            auto ws = workspace(fq::frame_linear_gemm_workspace_bytes(p, rows));
+            check(fq::launch_frame_linear_gemm(p, x.data_ptr(), y.data_ptr(), rows, ws.data_ptr(),
+                                               at::cuda::getCurrentCUDABlasHandle(), stream),
+                  "frame_linear_gemm");
+            break;
+        }
+        case LayerPath::kDense: {
+            TORCH_CHECK(x.scalar_type() == torch::kHalf, "the dense path takes float16 activations");
+            auto ws = workspace(fq::frame_linear_dense_workspace_bytes(p));
+            check(fq::launch_frame_linear_dense(p, x.data_ptr(), y.data_ptr(), rows, ws.data_ptr(),
+                                                at::cuda::getCurrentCUDABlasLtHandle(), stream,
+                                                static_cast<int>(gemm_choice)),
+                  "frame_linear_dense");
+            break;
+        }
+        case LayerPath::kDenseWeights:
+            TORCH_CHECK(false, "the dense-weights mode runs through build_dense_weight and dense_weight_linear");
+        default: TORCH_CHECK(false, "unknown layer path ", path);
     }
     return y;
 }
@@ -237,8 +277,10 @@ torch::Tensor effective_weight(std::vector<torch::Tensor> tables, std::vector<in
     auto stream = c10::cuda::getCurrentCUDAStream();
     __half* built = nullptr;
     check(fq::launch_effective_weight(p, ws.data_ptr(), &built, stream,
-                                      by_rows ? fq::WeightBuild::kRows : fq::WeightBuild::kAuto), "effective_weight");
-    check(cudaMemcpyAsync(w_t.data_ptr(), built, w_t.nbytes(), cudaMemcpyDeviceToDevice, stream), "effective_weight copy");
+                                      by_rows ? fq::WeightBuild::kRows : fq::WeightBuild::kAuto),
+          "effective_weight");
+    check(cudaMemcpyAsync(w_t.data_ptr(), built, w_t.nbytes(), cudaMemcpyDeviceToDevice, stream),
+          "effective_weight copy");
     return w_t;
 }
 
@@ -261,8 +303,8 @@ torch::Tensor dense_weight_linear(torch::Tensor x, torch::Tensor weight, std::ve
     TORCH_CHECK(weight.numel() == static_cast<int64_t>(fq::dense_weight_bytes(p)), "weight buffer of the wrong size");
     auto y = layer_output(x, p);
     const int64_t rows = x.numel() / p.in_dim();
-    auto ws = torch::empty({static_cast<int64_t>(fq::dense_weight_gemm_workspace_bytes())},
-                           x.options().dtype(torch::kUInt8));
+    auto ws =
+        torch::empty({static_cast<int64_t>(fq::dense_weight_gemm_workspace_bytes())}, x.options().dtype(torch::kUInt8));
     check(fq::launch_dense_weight_gemm(p, weight.data_ptr(), x.data_ptr(), y.data_ptr(), rows, ws.data_ptr(),
                                        at::cuda::getCurrentCUDABlasLtHandle(), c10::cuda::getCurrentCUDAStream(),
                                        static_cast<int>(gemm_choice)),
@@ -274,8 +316,10 @@ std::vector<torch::Tensor> frame_tables(int64_t k, int64_t rho, int64_t d) {
     const fq::FrameTables t = fq::make_frame_tables(static_cast<int>(k), static_cast<int>(rho), static_cast<int>(d));
     auto i32 = torch::TensorOptions().dtype(torch::kInt32);
     auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-    auto gi = torch::from_blob(const_cast<int32_t*>(t.gather_index.data()), {(int64_t)t.gather_index.size()}, i32).clone();
-    auto gw = torch::from_blob(const_cast<double*>(t.gather_weight.data()), {(int64_t)t.gather_weight.size()}, f64).clone();
+    auto gi =
+        torch::from_blob(const_cast<int32_t*>(t.gather_index.data()), {(int64_t)t.gather_index.size()}, i32).clone();
+    auto gw =
+        torch::from_blob(const_cast<double*>(t.gather_weight.data()), {(int64_t)t.gather_weight.size()}, f64).clone();
     auto sb = torch::from_blob(const_cast<int32_t*>(t.synth_bin.data()), {2, t.d_c}, i32).clone();
     auto sw = torch::from_blob(const_cast<double*>(t.synth_weight.data()), {2, t.d_c}, f64).clone();
     auto dft = torch::from_blob(const_cast<double*>(t.dft.data()), {2 * t.k, 2 * t.k}, f64).clone();
@@ -297,7 +341,7 @@ std::vector<torch::Tensor> rotation_tables(int64_t dim, int64_t seed) {
 torch::Tensor read_trace(const std::string& kernel) {
     auto out = torch::zeros({64}, torch::TensorOptions().dtype(torch::kInt64));
     auto* host = reinterpret_cast<unsigned long long*>(out.data_ptr<int64_t>());
-    check(kernel == "split" ? fq::read_trace_split(host, 64)
+    check(kernel == "split"  ? fq::read_trace_split(host, 64)
           : kernel == "gemv" ? fq::read_trace_gemv(host, 64)
                              : fq::read_trace(host, 64),
           "read_trace");
@@ -320,7 +364,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("build_dense_weight", &build_dense_weight);
     m.def("dense_weight_linear", &dense_weight_linear);
     m.def("dense_min_rows", &fq::dense_min_rows);
-    // The automatic layer path (fq::auto_layer_path; this extension links cuBLAS) as a PATHS number.
+    m.def("layer_paths", &layer_paths);
+    // The automatic layer path (fq::auto_layer_path; this extension links cuBLAS) as a PATHS value.
     m.def("auto_path", [](int64_t rows, bool fp16, int64_t n, int64_t m, int64_t k_out) {
         const auto dtype = fp16 ? fq::DType::kFloat16 : fq::DType::kFloat32;
         return static_cast<int>(fq::auto_layer_path(rows, dtype, n, m, k_out, true));
