@@ -1,10 +1,19 @@
-"""Paper-style quality table: quality against honest effective bits, for MiniLM and SmolLM2-135M.
+"""Quality against honest effective bits, in and out of the calibration domain.
 
-    python benchmarks/quality.py --models minilm,smollm2-135m --out-dir benchmarks/results
+    python benchmarks/quality.py --models minilm --out-dir benchmarks/results
+    python benchmarks/quality.py --models smollm2-135m --device cuda --out-dir benchmarks/results
 
-MiniLM: embedding cosine to full precision and top-10 neighbour agreement on held-out real text
-(standard-library docstrings, evaluation part). SmolLM2: perplexity on held-out real text
-(same source), non-overlapping windows. Writes ``quality.md``, ``quality.json``, ``quality.png``.
+Every row is one quantization of the model (the same calibration samples for all), evaluated on
+named real-text sources (:mod:`calib.corpora`): the calibration corpus' own evaluation part (in
+domain) and BBC News articles (another kind of text: out of domain). MiniLM: mean embedding
+cosine to full precision and top-10 neighbour agreement per source, and the Spearman correlation
+on the STS-B test pairs (human scores). SmolLM2: perplexity per source. Rows: the per-row
+baselines (RTN, GPTQ, QuIP, QuIP+clip), group-wise GPTQ and RTN (RTN with groups of 32 is
+onnxruntime's own weight-only quantizer's math), FrameQuant at r 1.0 / 1.1 both / 1.1 input, with
+and without block-wise fine-tuning, and under a bit budget; for MiniLM also onnxruntime's own
+2-bit and 4-bit exports of the fp32 ONNX, evaluated in onnxruntime. ``--calib-sweep`` runs the
+default recipe once per extra calibration source (how the default source was chosen). Writes
+``quality_<model>.{json,md,png}``.
 """
 from __future__ import annotations
 
@@ -15,157 +24,225 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(ROOT))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from calib import text as text_data  # noqa: E402
-from calib.metrics import cosine_rows, topk_neighbour_agreement  # noqa: E402
-from calib.sources import calibration_batches  # noqa: E402
+from calib import corpora  # noqa: E402
+from calib.metrics import cosine_rows, spearman, topk_neighbour_agreement  # noqa: E402
+from calib.sources import DEFAULT_CALIBRATION, calibration_batches  # noqa: E402
 from fq_export.accounting import model_effective_bits  # noqa: E402
+from fq_export.cli.evaluate import embed, perplexity, read_pairs  # noqa: E402
 from fq_export.config import QuantConfig  # noqa: E402
-from fq_export.evaluate import embed, perplexity  # noqa: E402
 from fq_export.io import markdown_table, write_json, write_text  # noqa: E402
 from fq_export.models import load_model  # noqa: E402
-from fq_export.pipeline import quantize  # noqa: E402
+from fq_export.pipeline import DEFAULT_FINETUNE_STEPS, dense_weights, quantize  # noqa: E402
+
+OUT_OF_DOMAIN = "bbc-news"
 
 
-def configs(bits_list=(2, 3), redundancies=(1.0, 1.05, 1.1, 1.2)) -> list[QuantConfig]:
-    """Every method at 2 bits; at other widths a reference subset."""
-    out = []
-    for bits in bits_list:
-        if bits != 2:
-            out += [QuantConfig(method=m, bits=bits) for m in ("rtn", "gptq", "quip-clip")]
-            out += [QuantConfig(method="framequant", bits=bits, redundancy=r) for r in (1.0, 1.1)]
-            continue
-        out += [QuantConfig(method=m, bits=bits) for m in ("rtn", "gptq", "quip", "quip-clip")]
-        for r in redundancies:
-            out.append(QuantConfig(method="framequant", bits=bits, redundancy=r, redundancy_side="both"))
-            if r > 1.0:
-                out.append(QuantConfig(method="framequant", bits=bits, redundancy=r, redundancy_side="input"))
+def rows_to_run(steps: int, budget: float) -> list[dict]:
+    """(name, config fields, fine-tuning steps, budget) of every row."""
+    fq = lambda r, side, **kw: dict(method="framequant", redundancy=r, redundancy_side=side, **kw)  # noqa: E731
+    rows = [
+        ("rtn", dict(method="rtn")), ("gptq", dict(method="gptq")), ("quip", dict(method="quip")),
+        ("quip-clip", dict(method="quip-clip")),
+        ("rtn g32 (onnxruntime RTN math)", dict(method="rtn", group_size=32)),
+        ("gptq g64", dict(method="gptq", group_size=64)), ("gptq g128", dict(method="gptq", group_size=128)),
+        ("framequant r1.0", fq(1.0, "both")), ("framequant r1.1 input", fq(1.1, "input")),
+        ("framequant r1.1 both", fq(1.1, "both")),
+    ]
+    out = [{"name": n, "config": c, "steps": 0, "budget": None} for n, c in rows]
+    out += [{"name": f"gptq g128 + ft{steps}", "config": dict(method="gptq", group_size=128), "steps": steps, "budget": None},
+            {"name": f"framequant r1.0 + ft{steps}", "config": fq(1.0, "both"), "steps": steps, "budget": None},
+            {"name": f"framequant r1.1 both + ft{steps}", "config": fq(1.1, "both"), "steps": steps, "budget": None,
+             "default": True},
+            {"name": f"framequant budget {budget} + ft{steps}", "config": fq(1.1, "both"), "steps": steps,
+             "budget": budget},
+            {"name": "gptq 4-bit", "config": dict(method="gptq", bits=4), "steps": 0, "budget": None},
+            {"name": "framequant r1.0 4-bit", "config": fq(1.0, "both", bits=4), "steps": 0, "budget": None}]
     return out
 
 
-def evaluate(adapter, reference_emb, eval_data, args) -> dict:
-    if adapter.family == "encoder":
-        emb = embed(adapter, eval_data)
-        return {"embedding_cosine": float(cosine_rows(emb, reference_emb).mean()),
-                "retrieval_top10_agreement": topk_neighbour_agreement(reference_emb, emb, 10)}
-    return {"perplexity": perplexity(adapter, eval_data, args.eval_window, args.eval_windows)["perplexity"]}
+class Evaluator:
+    def __init__(self, base, calib_source: str, args):
+        self.base, self.args = base, args
+        names = [n for n in corpora.parse(calib_source)]
+        self.sources = list(dict.fromkeys(names + [OUT_OF_DOMAIN]))
+        self.in_domain = set(names)
+        if base.family == "encoder":
+            self.data = {n: corpora.sentences(n, "eval")[: args.eval_sentences] for n in self.sources}
+            self.reference = {n: embed(base, s) for n, s in self.data.items()}
+            self.pairs = read_pairs(corpora.pairs_file("sts-b"))
+        else:
+            self.data = {n: corpora.mix_text(f"corpus:{n}", "eval") for n in self.sources}
+
+    def label(self, source: str) -> str:
+        return f"{source} ({'in' if source in self.in_domain else 'out of'} domain)"
+
+    def __call__(self, run_embed=None, adapter=None) -> dict:
+        if self.base.family == "encoder":
+            run_embed = run_embed or (lambda s: embed(adapter, s))
+            out = {}
+            for n, sents in self.data.items():
+                e = run_embed(sents)
+                out[f"cosine {n}"] = float(cosine_rows(e, self.reference[n]).mean())
+                out[f"top10 {n}"] = topk_neighbour_agreement(self.reference[n], e, 10)
+            first, second, scores = self.pairs
+            out["spearman sts-b"] = spearman(cosine_rows(run_embed(first), run_embed(second)).numpy(), np.asarray(scores))
+            return out
+        return {f"ppl {n}": perplexity(adapter, text, self.args.eval_window, self.args.eval_windows)["perplexity"]
+                for n, text in self.data.items()}
 
 
-def run_model(name: str, args, sink=None) -> list[dict]:
+def run(name: str, args) -> list[dict]:
     base = load_model(name, device=args.device)
-    if base.family == "encoder":
-        eval_data = text_data.stdlib_sentences("eval")[: args.eval_sentences]
-        reference = embed(base, eval_data)
-    else:
-        eval_data = text_data.stdlib_corpus("eval")
-        reference = None
-    only = set(args.only.split(",")) if args.only else None
-    rows = []
-    if only is None or "full precision" in only:
-        rows.append({"model": name, "method": "full precision", "bits": 32, "effective_bits": 32.0, "r_in": 1.0,
-                     "r_out": 1.0, **evaluate(base, reference, eval_data, args), "seconds": 0.0})
-        print(rows[-1], flush=True)
-    batches, where = calibration_batches(base, None, args.calib_samples, seed=0, window=args.window)
-    bits_list = tuple(int(b) for b in args.bits.split(","))
-    for config in configs(bits_list):
-        if only is not None and f"{config.label}@{config.bits}" not in only and config.label not in only:
-            continue
+    steps = DEFAULT_FINETUNE_STEPS if args.finetune_steps is None else args.finetune_steps
+    sources = args.calib.split(",")
+    evaluator = Evaluator(base, sources[0], args)
+    results = [{"model": name, "method": "full precision", "effective_bits": 32.0, "seconds": 0.0,
+                "calibration": "-", **evaluator(adapter=base)}]
+    print(results[-1], flush=True)
+    plan = [(sources[0], row) for row in rows_to_run(steps, args.budget)]
+    plan += [(src, row) for src in sources[1:] for row in rows_to_run(steps, args.budget) if row.get("default")]
+    if args.only:  # the rows named, in the order named; "NAME@SOURCE" for a row of another source
+        order = args.only.split(",")
+        key = lambda item: item[1]["name"] + ("" if item[0] == sources[0] else "@" + item[0])  # noqa: E731
+        plan = sorted((item for item in plan if key(item) in order or item[1]["name"] in order),
+                      key=lambda item: order.index(key(item)) if key(item) in order else order.index(item[1]["name"]))
+    batches_by_source = {}
+    for source, row in plan:
+        if source not in batches_by_source:
+            batches_by_source[source] = calibration_batches(base, source, args.calib_samples, seed=0, window=args.window)[0]
         adapter = copy.copy(base)
         adapter.model = copy.deepcopy(base.model)
         adapter.blocks = [(p, adapter.model.get_submodule(p)) for p, _ in base.blocks]
+        config = QuantConfig(**{"bits": 2, **row["config"]})
         start = time.perf_counter()
-        stats = quantize(adapter, config, batches, progress=False)
+        quantize(adapter, config, batches_by_source[source], progress=False, finetune_steps=row["steps"],
+                 budget_bits=row["budget"])
         seconds = time.perf_counter() - start
-        totals = model_effective_bits(adapter.model)
-        row = {"model": name, "method": config.label, "bits": config.bits, "effective_bits": totals["effective_bits"],
-               "r_in": stats[0].redundancy_in, "r_out": stats[0].redundancy_out,
-               **evaluate(adapter, reference, eval_data, args), "seconds": seconds}
-        rows.append(row)
-        print(row, flush=True)
-        if args.save and args.save.split("=")[0] == f"{config.label}@{config.bits}":
-            from fq_export.checkpoint import save_checkpoint
-            from fq_export.pipeline import quantized_layers
-
-            save_checkpoint(args.save.split("=", 1)[1], quantized_layers(adapter.model),
-                            {"model": base.source, "config": config.to_dict(),
-                             "calibration": {"source": where, "samples": len(batches)}})
-        if sink is not None:
-            sink(rows)
+        with dense_weights(adapter.model):
+            figures = evaluator(adapter=adapter)
+        results.append({"model": name, "method": row["name"], "effective_bits": model_effective_bits(adapter.model)["effective_bits"],
+                        "seconds": seconds, "calibration": source, **figures})
+        print(results[-1], flush=True)
+        write_json(Path(args.out_dir) / f"quality_{name}.partial.json", results)
         del adapter
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    for row in rows:
-        row["calibration"] = f"{len(batches)} samples of {where}"
+    if base.family == "encoder" and not args.no_onnxruntime:
+        results += onnxruntime_peers(base, evaluator, Path(args.out_dir), name)
+    for r in results:
+        r["sources"] = {s: evaluator.label(s) for s in evaluator.sources}
+    return results
+
+
+def onnxruntime_peers(base, evaluator: Evaluator, out_dir: Path, name: str) -> list[dict]:
+    """onnxruntime's MatMulNBits quantizer (RTN, block 32, asymmetric, fp32 scales, uint8 zero points)
+    on the fp32 ONNX export, run in onnxruntime. Honest bits: ``bits + (32 + 8) / 32`` per weight."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from runtime import peer_export  # the same export that benchmarks/runtime.py times
+
+    from converters.torch_export import export_onnx
+    from fq_export.models.text import sentence_batches
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_onnx(base, sentence_batches(base, ["an example sentence", "another one"], 2)[0], fp32)
+        for bits in (2, 4):
+            path = peer_export(fp32, Path(tmp) / f"ort{bits}.onnx", bits, None)
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            names = [i.name for i in session.get_inputs()]
+
+            def run_embed(sentences, session=session, names=names):
+                outs = []
+                for b in sentence_batches(base, sentences, 32):
+                    outs.append(torch.from_numpy(session.run(None, {k: b[k].numpy() for k in names})[0]))
+                return torch.cat(outs)
+
+            rows.append({"model": name, "method": f"onnxruntime RTN {bits}-bit", "effective_bits": bits + 40 / 32,
+                         "seconds": 0.0, "calibration": "none", **evaluator(run_embed=run_embed)})
+            print(rows[-1], flush=True)
     return rows
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, metric: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        sub = [r for r in rows if r["model"] == model and r["method"] != "full precision"]
-        metric = "embedding_cosine" if "embedding_cosine" in sub[0] else "perplexity"
-        fp = next((r[metric] for r in rows if r["model"] == model and r["method"] == "full precision"), None)
-        for family, marker in (("rtn", "x"), ("gptq", "s"), ("quip", "^"), ("quip-clip", "v"), ("framequant", "o")):
-            pts = [r for r in sub if r["method"] == family or (family == "framequant" and r["method"].startswith("framequant"))]
-            if pts:
-                ax.scatter([p["effective_bits"] for p in pts], [p[metric] for p in pts], marker=marker, label=family)
-        if fp is not None:
-            ax.axhline(fp, color="gray", linestyle="--", label="full precision")
-        ax.set_xlabel("effective bits per weight (honest: codes + scales + padding)")
-        ax.set_ylabel(metric)
-        if metric == "perplexity":
-            ax.set_yscale("log")
-        ax.set_title(model)
-        ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    fp = next(r[metric] for r in rows if r["method"] == "full precision")
+    for r in rows:
+        if r["method"] == "full precision" or metric not in r:
+            continue
+        family = r["method"].split(" ")[0]
+        marker = {"rtn": "x", "gptq": "s", "quip": "^", "quip-clip": "v", "framequant": "o", "onnxruntime": "D"}.get(family, ".")
+        ax.scatter(r["effective_bits"], r[metric], marker=marker, color="C3" if "ft" in r["method"] else None)
+        ax.annotate(f"{r['method']} [{r['calibration']}]" if r["calibration"] not in ("-", rows[1]["calibration"], "none")
+                    else r["method"], (r["effective_bits"], r[metric]), fontsize=6)
+    ax.axhline(fp, color="gray", linestyle="--", label="full precision")
+    ax.set_xlabel("effective bits per weight (honest: codes, scales, zeros, padding)")
+    ax.set_ylabel(metric)
+    if metric.startswith("ppl"):
+        ax.set_yscale("log")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="minilm,smollm2-135m")
+    parser.add_argument("--models", default="minilm")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--bits", default="2,3")
+    parser.add_argument("--calib", default=DEFAULT_CALIBRATION,
+                        help="calibration source of every row; more, comma-separated, run the default recipe once each")
     parser.add_argument("--calib-samples", type=int, default=128)
+    parser.add_argument("--finetune-steps", type=int, help="fine-tuning steps of the '+ ft' rows (default: the CLI's)")
+    parser.add_argument("--budget", type=float, default=2.6, help="bit budget of the budget row")
     parser.add_argument("--window", type=int, default=512, help="causal-LM calibration window")
     parser.add_argument("--eval-window", type=int, default=2048, help="perplexity window")
-    parser.add_argument("--eval-windows", type=int, default=40, help="perplexity windows (None: all)")
+    parser.add_argument("--eval-windows", type=int, default=40, help="perplexity windows per source")
     parser.add_argument("--eval-sentences", type=int, default=1000)
+    parser.add_argument("--only", help="comma-separated row names to run, in this order (full precision always runs)")
+    parser.add_argument("--no-onnxruntime", action="store_true", help="MiniLM: skip onnxruntime's own exports")
+    parser.add_argument("--merge", help="comma-separated JSON files of earlier rows of the same settings to put "
+                                        "before this run's (a run cut into parts)")
     parser.add_argument("--out-dir", default="benchmarks/results")
-    parser.add_argument("--tag", default="quality")
-    parser.add_argument("--only", help="comma-separated rows to run: 'full precision', a method label "
-                                       "(framequant-r1.1-both) or label@bits")
-    parser.add_argument("--save", help="LABEL@BITS=PATH: also save that configuration's checkpoint")
-    parser.add_argument("--merge", help="comma-separated result JSON files (partial or final) to merge into one table")
     args = parser.parse_args()
     out = Path(args.out_dir)
-    rows = []
-    if args.merge:
-        for f in args.merge.split(","):
-            data = json.loads(Path(f).read_text())
-            rows += data["rows"] if isinstance(data, dict) else data
-        args.models = ""
-    for name in filter(None, args.models.split(",")):
-        done = list(rows)
-        rows += run_model(name, args, sink=lambda partial: write_json(out / f"{args.tag}.partial.json", done + partial))
-    columns = ["model", "method", "bits", "effective_bits", "r_in", "r_out"]
-    metrics = [m for m in ("embedding_cosine", "retrieval_top10_agreement", "perplexity") if any(m in r for r in rows)]
-    table_rows = [{c: r.get(c, "") for c in columns + metrics + ["seconds"]} for r in rows]
-    md = markdown_table(table_rows, columns + metrics + ["seconds"])
-    print(md)
-    write_text(out / f"{args.tag}.md", md + "\n")
-    write_json(out / f"{args.tag}.json", {"args": vars(args), "rows": rows,
-                                          "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"})
-    plot(rows, out / f"{args.tag}.png")
+    out.mkdir(parents=True, exist_ok=True)
+    earlier = []
+    for path in filter(None, (args.merge or "").split(",")):
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        earlier += data["rows"] if isinstance(data, dict) else data
+    for name in args.models.split(","):
+        rows = run(name, args)
+        seen = {r["method"] + r["calibration"] for r in rows}
+        merged = [r for r in earlier if r["model"] == name and r["method"] + r["calibration"] not in seen]
+        for r in merged:
+            r["sources"] = rows[0]["sources"]
+        rows = rows[:1] + merged + rows[1:]
+        metrics = [k for k in rows[0] if k.startswith(("cosine", "top10", "spearman", "ppl"))]
+        columns = ["method", "calibration", "effective_bits", *metrics, "seconds"]
+        md = markdown_table([{c: r.get(c, "") for c in columns} for r in rows], columns)
+        sources = "; ".join(rows[0]["sources"].values())
+        print(md + f"\n\nsources: {sources}")
+        write_text(out / f"quality_{name}.md", md + f"\n\nEvaluation sources: {sources}. Device: {args.device}.\n")
+        device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+        write_json(out / f"quality_{name}.json", {"args": vars(args), "device": device, "rows": rows})
+        metric = "spearman sts-b" if "spearman sts-b" in metrics else f"ppl {OUT_OF_DOMAIN}"
+        plot(rows, out / f"quality_{name}.png", metric, f"{name}: {metric} (out of the calibration domain)")
     return 0
 
 

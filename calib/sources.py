@@ -1,7 +1,8 @@
 """Resolve a ``--calib`` source into model-ready batches, for each model family.
 
-* text encoders: sentences (offline default: standard-library docstrings, calibration part);
+* text encoders: sentences (default: :data:`DEFAULT_CALIBRATION`, its calibration part);
 * causal LMs: non-overlapping token windows of a running text (same default);
+  ``corpus:NAME[+NAME]`` names packaged corpora (:mod:`calib.corpora`), else a file or folder;
 * vision: images of a folder (offline default: seeded crops of three real photographs).
 A source may also be ``hf:NAME[:SPLIT[:FIELD]]`` (Hugging Face ``datasets``, where reachable).
 Selection is seeded; the evaluation splits never share a document with the calibration split.
@@ -11,9 +12,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from . import corpora
 from . import text as text_data
 
 DEFAULT_LM_WINDOW = 512
+#: the text calibration source when none is given (chosen by out-of-domain quality: README, "Quality")
+DEFAULT_CALIBRATION = "corpus:flatland+docstrings"
 
 
 def _hf_texts(source: str) -> list[str]:
@@ -31,8 +35,9 @@ def _hf_texts(source: str) -> list[str]:
 
 
 def _texts(source: str | None, split: str) -> tuple[list[str], str]:
-    if source is None:
-        return text_data.stdlib_sentences(split), f"python-stdlib-docstrings:{split}"
+    source = source or DEFAULT_CALIBRATION
+    if source.startswith(corpora.PREFIX):
+        return corpora.mix_sentences(source, split), f"{source}:{split}"
     if source.startswith("hf:"):
         return _hf_texts(source), source
     return text_data.text_sentences(source), str(Path(source).resolve())
@@ -53,8 +58,9 @@ def calibration_batches(adapter, source: str | None, count: int, seed: int = 0, 
     if adapter.family == "causal_lm":
         from fq_export.models.text import token_windows
 
-        if source is None:
-            corpus, where = text_data.stdlib_corpus(split), f"python-stdlib-docstrings:{split}"
+        source = source or DEFAULT_CALIBRATION
+        if source.startswith(corpora.PREFIX):
+            corpus, where = corpora.mix_text(source, split), f"{source}:{split}"
         elif source.startswith("hf:"):
             corpus, where = "\n\n".join(_hf_texts(source)), source
         else:

@@ -21,12 +21,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
-G_LOGGER.severity = G_LOGGER.ERROR
+G_LOGGER.severity = G_LOGGER.ERROR  # before the imports below, which build graphs at import time
 
-from fq_export import packing, plugin_ops
-from fq_export.frames import get_frame
-from fq_export.layer import FrameQuantLinear
-from fq_export.rotations import dct_matrix, get_rotation, hadamard_matrix, split_dimension
+from fq_export import packing, plugin_ops  # noqa: E402
+from fq_export.frames import get_frame  # noqa: E402
+from fq_export.layer import FrameQuantLinear  # noqa: E402
+from fq_export.rotations import dct_matrix, get_rotation, hadamard_matrix, split_dimension  # noqa: E402
 
 
 MATMUL_NBITS_BITS = (2, 4, 8)
@@ -206,30 +206,59 @@ def _byte_table(bits: int) -> np.ndarray:
     return np.concatenate([codes - z for z in range(2**bits)]).astype(np.float32)
 
 
+def _per_column(b: Builder, name: str, values: np.ndarray, span: int, count: int) -> gs.Variable:
+    """A layer's per-group ``values (K_out, groups)`` as ``(K_out, count)`` float32, each group's value
+    repeated over the ``span`` entries (bytes or columns) that it covers; folded at load."""
+    rows, groups = values.shape
+    v = b.op("Reshape", [b.const(name, values.astype(np.float16)),
+                         b.ints(f"shape/{rows}x{groups}x1", [rows, groups, 1])])
+    v = b.op("Expand", [v, b.ints(f"shape/{rows}x{groups}x{span}", [rows, groups, span])])
+    v = b.op("Reshape", [v, b.ints(f"shape/{rows}x{groups * span}", [rows, groups * span])])
+    if groups * span != count:
+        v = b.op("Slice", [v, b.ints("slice_start/0", [0]), b.ints(f"slice_end/{count}", [count]), b.ints("slice_axis/1", [1])])
+    return b.op("Cast", [v], attrs={"to": 1})
+
+
 def _centred_codes(b: Builder, layer: FrameQuantLinear) -> tuple[gs.Variable, dict[str, int]]:
     """``codes - zero`` as float32 ``(K_out, ...)`` and its column axes (einsum letter -> size).
 
-    2, 4 and 8 bits: the packed words read as bytes, each byte (plus ``256 * zero`` of its row)
-    looked up in a shared table of its codes minus the zero: ``(K_out, bytes, codes per byte)``, two
-    small steps and no per-code intermediate wider than the result. The row padding to 32 columns
-    comes along (the frame operand has zero rows there). 3 bits, or zero points that are not
-    integers (the grid never makes them, a hand-made layer may): shifts and masks on uint32 words.
+    2, 4 and 8 bits: the packed words read as bytes, each byte (plus ``256 * zero`` of its row or
+    group) looked up in a shared table of its codes minus the zero: ``(K_out, bytes, codes per
+    byte)``, two small steps and no per-code intermediate wider than the result (a group covers
+    whole bytes). The row padding to 32 columns comes along (the frame operand has zero rows
+    there). 3 bits, or zero points that are not integers (fine-tuned grids): shifts and masks on
+    uint32 words, minus the zero of each column.
     """
     rows, cols = layer.frame_shape
-    bits = layer.bits
-    zeros = layer.zero.cpu().numpy().astype(np.float16).reshape(rows, 1)
-    zero = b.const("zero", zeros)
-    if bits == 3 or np.any(zeros != np.round(zeros)):  # fractional zero points: not in the table
-        code = b.op("Cast", [_decode_codes_u32(b, layer)], attrs={"to": 1})
-        return b.op("Sub", [code, b.op("Cast", [zero], attrs={"to": 1})], hint="centred"), {"k": cols}
+    bits, group = layer.bits, layer.group_size
+    zeros = layer.zero.cpu().numpy().astype(np.float16).reshape(rows, -1)
     words = layer.packed_codes.cpu().numpy().astype(np.int32)
+    if bits == 3 or np.any(zeros != np.round(zeros)):
+        code = b.op("Cast", [_decode_codes_u32(b, layer)], attrs={"to": 1})
+        zero = (b.op("Cast", [b.const("zero", zeros)], attrs={"to": 1}) if group is None
+                else _per_column(b, "zero", zeros, group, cols))
+        return b.op("Sub", [code, zero], hint="centred"), {"k": cols}
     data = b.const("packed_codes", words.view(np.uint8).reshape(rows, -1))
+    n_bytes = data.values.shape[1]
+    zero = (b.op("Cast", [b.const("zero", zeros)], attrs={"to": 1}) if group is None
+            else _per_column(b, "zero", zeros, group * bits // 8, n_bytes))
     index = b.op("Add", [b.op("Cast", [data], attrs={"to": 6}),
                          b.op("Mul", [b.op("Cast", [zero], attrs={"to": 6}), b.shared_const(
                              "int32/256", lambda: np.asarray([256], dtype=np.int32))])], hint="byte_index")
     table = b.shared_const(f"byte_codes/{bits}", lambda: _byte_table(bits))
     centred = b.op("Gather", [table, index], attrs={"axis": 0}, hint="centred")
-    return centred, {"g": data.values.shape[1], "j": 8 // bits}
+    return centred, {"g": n_bytes, "j": 8 // bits}
+
+
+def _scale_operand(b: Builder, layer: FrameQuantLinear, columns: dict[str, int]) -> tuple[gs.Variable, str]:
+    """The scale as an einsum operand and its subscripts: ``(K_out,)`` ``r`` per row, else each
+    group's scale over the first column axis of the centred codes (bytes or columns)."""
+    scales = layer.scale.cpu().numpy().astype(np.float16)
+    if layer.group_size is None:
+        return b.op("Cast", [b.const("scale", scales)], attrs={"to": 1}), "r"
+    axis, count = next(iter(columns.items()))
+    span = layer.group_size * layer.bits // 8 if axis == "g" else layer.group_size
+    return _per_column(b, "scale", scales.reshape(scales.shape[0], -1), span, count), "r" + axis
 
 
 def frame_factors(frame) -> tuple[np.ndarray, np.ndarray]:
@@ -336,11 +365,11 @@ def dense_weight_t(b: Builder, layer: FrameQuantLinear) -> gs.Variable:
     """
     rows = layer.frame_shape[0]
     centred, columns = _centred_codes(b, layer)
-    scale = b.op("Cast", [b.const("scale", layer.scale.cpu().numpy().astype(np.float16))], attrs={"to": 1})
+    scale, scale_spec = _scale_operand(b, layer, columns)
     letters = iter("abcdefhilmnopqstuvwxyz")
     in_ops, in_specs, x = _side_operands(b, layer.in_recipe, columns, letters)
     out_ops, out_specs, y = _side_operands(b, layer.out_recipe, {"r": rows}, letters)
-    spec = ",".join(["r" + "".join(columns), "r", *in_specs, *out_specs]) + "->" + x + y
+    spec = ",".join(["r" + "".join(columns), scale_spec, *in_specs, *out_specs]) + "->" + x + y
     w_t = b.op("Einsum", [centred, scale, *in_ops, *out_ops], attrs={"equation": spec}, hint="w_hat_t")
     if len(x) == 1 and len(y) == 1:
         return w_t
@@ -351,32 +380,40 @@ def dense_weight_t(b: Builder, layer: FrameQuantLinear) -> gs.Variable:
 def packed_matmul_nbits(b: Builder, c: gs.Variable, layer: FrameQuantLinear) -> gs.Variable:
     """``z = c @ D_hat^T`` as one ``com.microsoft`` ``MatMulNBits`` (2, 4 or 8 bits).
 
-    For these widths the packed layout of :mod:`fq_export.packing` is byte for byte the op's
-    ``B`` (``(K_out, K_in / 32, 4 * bits)`` uint8, code ``j`` of a byte in bits ``[bits*j, bits*j+bits)``),
-    with blocks of 32 columns (the layout's groups; the row padding is the op's last-block padding).
-    The per-row scale and zero become one scale and one uint8 zero point per block, exactly.
+    For these widths each row of the packed layout of :mod:`fq_export.packing` is byte for byte a
+    row of the op's ``B`` (``(K_out, blocks, block * bits / 8)`` uint8, code ``j`` of a byte in bits
+    ``[bits*j, bits*j+bits)``), zero bytes appended where the blocks reach past the row. The block is
+    the layer's group (32 columns for per-row scales, which are repeated over the blocks): scale and
+    zero become the op's per-block scale and zero point exactly (uint8 zero points when integer,
+    float ones otherwise, as fine-tuned grids have).
     """
     bits = layer.bits
     if bits not in MATMUL_NBITS_BITS:
         raise ValueError(f"the packed ONNX form runs MatMulNBits, which takes {MATMUL_NBITS_BITS}-bit codes; "
                          f"this layer has {bits}-bit codes: export it with --onnx-form standard")
     rows, cols = layer.frame_shape
-    blocks = -(-cols // packing.GROUP)
-    words = layer.packed_codes.cpu().numpy().astype(np.int32)
-    blob = b.const("packed_codes", words.view(np.uint8).reshape(rows, blocks, 4 * bits))
-    scale = layer.scale.cpu().numpy().astype(np.float32)
-    zero = layer.zero.cpu().numpy().astype(np.float32)
+    block = layer.group_size or packing.GROUP
+    blocks = -(-cols // block)
+    row_bytes = layer.packed_codes.cpu().numpy().astype(np.int32).view(np.uint8).reshape(rows, -1)
+    data = np.zeros((rows, blocks * block * bits // 8), dtype=np.uint8)
+    data[:, :row_bytes.shape[1]] = row_bytes[:, :data.shape[1]]
+    blob = b.const("packed_codes", data.reshape(rows, blocks, block * bits // 8))
+    scale = layer.scale.cpu().numpy().astype(np.float32).reshape(rows, -1)
+    zero = layer.zero.cpu().numpy().astype(np.float32).reshape(rows, -1)
+    if not (np.isfinite(scale).all() and np.isfinite(zero).all()):
+        raise ValueError(f"layer {b.layer}: scale or zero is not finite")
+    scales = b.const("scale", np.broadcast_to(scale, (rows, blocks)).reshape(-1).copy())
+    zero = np.broadcast_to(zero, (rows, blocks))
     if np.any(zero != np.round(zero)) or zero.min() < 0 or zero.max() > 2**bits - 1:
-        raise ValueError(f"layer {b.layer}: zero points are not integers in [0, {2**bits - 1}]")
-    scales = b.const("scale", np.repeat(scale[:, None], blocks, axis=1).reshape(-1))
-    zp = np.repeat(zero.astype(np.uint8)[:, None], blocks, axis=1)
-    per_byte = 8 // bits
-    padded = np.zeros((rows, -(-blocks // per_byte) * per_byte), dtype=np.uint8)
-    padded[:, :blocks] = zp
-    packed = (padded.reshape(rows, -1, per_byte).astype(np.uint32) << (bits * np.arange(per_byte))).sum(-1)
-    zero_points = b.const("zero_points", packed.astype(np.uint8).reshape(-1))
+        zero_points = b.const("zero_points", zero.reshape(-1).astype(np.float32))
+    else:
+        per_byte = 8 // bits
+        padded = np.zeros((rows, -(-blocks // per_byte) * per_byte), dtype=np.uint8)
+        padded[:, :blocks] = zero
+        packed = (padded.reshape(rows, -1, per_byte).astype(np.uint32) << (bits * np.arange(per_byte))).sum(-1)
+        zero_points = b.const("zero_points", packed.astype(np.uint8).reshape(-1))
     return b.op("MatMulNBits", [c, blob, scales, zero_points], domain="com.microsoft", hint="z",
-                attrs={"K": cols, "N": rows, "bits": bits, "block_size": packing.GROUP,
+                attrs={"K": cols, "N": rows, "bits": bits, "block_size": block,
                        "accuracy_level": b.accuracy_level})
 
 
@@ -408,6 +445,9 @@ def _plugin_node(b: Builder, op: str, inputs: list, attrs: dict, width: int) -> 
 def _packed_inputs(b: Builder, layer: FrameQuantLinear) -> list:
     """Packed codes (int32) and scale/zero (fp16 initializers, each behind a Cast to fp32: the
     inputs 1..3 of FQPackedMatMul and FQFrameLinear)."""
+    if layer.group_size is not None:
+        raise ValueError(f"layer {b.layer} has group-wise scales (groups of {layer.group_size}); the TensorRT "
+                         f"plugins take one scale per row: export with --onnx-form standard or packed")
     codes = b.const("packed_codes", layer.packed_codes.cpu().numpy().astype(np.int32))
     scale = b.const("scale", layer.scale.cpu().numpy().astype(np.float16))
     zero = b.const("zero", layer.zero.cpu().numpy().astype(np.float16))

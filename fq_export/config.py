@@ -6,6 +6,7 @@ import zlib
 from dataclasses import dataclass
 
 from .frames import MAX_REDUNDANCY
+from .grid import check_group_size
 from .packing import SUPPORTED_BITS
 
 #: method name -> (rotate, use frames, run GPTQ, clip)
@@ -42,6 +43,7 @@ class QuantConfig:
     block_size: int = 128
     act_order: bool = False
     seed: int = 0
+    group_size: int | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -58,6 +60,9 @@ class QuantConfig:
             raise ValueError(f"damp must lie in [0, 1), got {self.damp}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be positive, got {self.block_size}")
+        check_group_size(self.group_size)
+        if self.group_size is not None and self.act_order:
+            raise ValueError("group-wise scales and GPTQ activation order cannot be combined")
 
     @property
     def rotate(self) -> bool:
@@ -77,9 +82,10 @@ class QuantConfig:
 
     @property
     def label(self) -> str:
+        group = "" if self.group_size is None else f"-g{self.group_size}"
         if self.method != "framequant":
-            return self.method
-        return f"framequant-r{self.redundancy:g}-{self.redundancy_side}"
+            return self.method + group
+        return f"framequant-r{self.redundancy:g}-{self.redundancy_side}{group}"
 
     def layer_seed(self, layer_name: str, side: str) -> int:
         """Deterministic per-layer, per-side rotation seed (independent of any global RNG)."""

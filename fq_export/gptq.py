@@ -5,12 +5,16 @@ onto ``grid``, feeding each column's rounding error forward through the inverse 
 (``cols x cols``) so that ``tr((W - Q) H (W - Q)^T)`` stays small. In FrameQuant the
 "weight" is ``D = P_out^T W P_in`` and the Hessian is ``P_in^T X X^T P_in``, which is
 rank-deficient when the frame is redundant; damping makes it invertible.
+
+With a grouped grid (``grid.group_size``), each group's scale and zero are fitted when GPTQ
+reaches the group's first column, from the columns as earlier rounding errors left them (the
+"dynamic groups" of GPTQ's reference code); the fitted values are written back into ``grid``.
 """
 from __future__ import annotations
 
 import torch
 
-from .grid import RowGrid
+from .grid import RowGrid, fit_min_max
 
 
 class HessianAccumulator:
@@ -54,6 +58,9 @@ def gptq_quantize(
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     perm = None
+    group = grid.group_size
+    if group is not None and (act_order or block_size % group):
+        raise ValueError(f"group size {group} needs act_order off and a block size that it divides ({block_size})")
     if act_order:
         perm = torch.argsort(torch.diag(h), descending=True)
         w, h = w[:, perm], h[perm][:, perm]
@@ -63,7 +70,8 @@ def gptq_quantize(
     lower_inv = torch.linalg.solve_triangular(torch.linalg.cholesky(h), eye, upper=False)
     hinv = torch.linalg.cholesky(lower_inv.T @ lower_inv, upper=True)
     hinv = hinv.to(torch.float32)
-    scale, zero = grid.scale.to(w).reshape(-1), grid.zero.to(w).reshape(-1)
+    scale, zero = grid.scale.to(w)[:, 0], grid.zero.to(w)[:, 0]
+    group_scales, group_zeros = [], []
     codes = torch.zeros_like(w)
     for start in range(0, cols, block_size):
         stop = min(start + block_size, cols)
@@ -71,6 +79,11 @@ def gptq_quantize(
         errors = torch.zeros_like(block)
         hblock = hinv[start:stop, start:stop]
         for i in range(stop - start):
+            if group is not None and (start + i) % group == 0:
+                s, z = fit_min_max(block[:, i:i + group], grid.bits)
+                scale, zero = s[:, 0], z[:, 0]
+                group_scales.append(s)
+                group_zeros.append(z)
             column = block[:, i]
             q = torch.clamp(torch.round(column / scale) + zero, 0, grid.maxq)
             codes[:, start + i] = q
@@ -80,4 +93,7 @@ def gptq_quantize(
         w[:, stop:] -= errors @ hinv[start:stop, stop:]
     if perm is not None:
         codes = codes[:, torch.argsort(perm)]
+    if group is not None:
+        grid.scale = torch.cat(group_scales, 1).to(grid.scale)
+        grid.zero = torch.cat(group_zeros, 1).to(grid.zero)
     return codes

@@ -1,6 +1,6 @@
 """The quantized linear layer and the routine that makes one from an ``nn.Linear``.
 
-``FrameQuantLinear`` stores only what DESIGN.md section 2 lists: packed codes of ``D_hat``,
+``FrameQuantLinear`` stores only what docs/design.md ("What a quantized layer stores") lists: packed codes of ``D_hat``,
 per-row fp16 scale and zero, the bias, and the recipes of both sides (rotation seeds, frame
 triples), bits and the packing layout version. Its forward pass runs the five steps
 
@@ -21,7 +21,7 @@ from . import packing
 from .basis import SideBasis, SideRecipe
 from .config import QuantConfig
 from .gptq import gptq_quantize
-from .grid import RowGrid, clip_rows
+from .grid import RowGrid, check_group_size, clip_rows, expand_groups, num_groups
 
 
 class FrameQuantLinear(nn.Module):
@@ -42,31 +42,39 @@ class FrameQuantLinear(nn.Module):
         bias: torch.Tensor | None,
         method: str = "framequant",
         layout_version: int = packing.LAYOUT_VERSION,
+        group_size: int | None = None,
     ):
         super().__init__()
         packing.check_bits(bits)
+        check_group_size(group_size)
         if layout_version != packing.LAYOUT_VERSION:
             raise ValueError(f"packing layout version {layout_version} is not supported "
                              f"(this fq-export reads version {packing.LAYOUT_VERSION})")
         self.in_recipe, self.out_recipe = in_recipe, out_recipe
         self.in_features, self.out_features = in_recipe.dim, out_recipe.dim
         self.bits, self.method, self.layout_version = bits, method, layout_version
+        self.group_size = group_size
         rows, cols = out_recipe.size, in_recipe.size
+        groups = num_groups(cols, group_size)
         expected = (rows, packing.words_per_row(cols, bits))
         if tuple(packed_codes.shape) != expected:
             raise ValueError(f"packed codes of shape {tuple(packed_codes.shape)} do not match "
                              f"{rows}x{cols} codes at {bits} bits (expected {expected})")
-        if scale.numel() != rows or zero.numel() != rows:
-            raise ValueError(f"scale/zero must have {rows} entries, got {scale.numel()} and {zero.numel()}")
+        if scale.numel() != rows * groups or zero.numel() != rows * groups:
+            raise ValueError(f"scale/zero must have {rows * groups} entries ({rows} rows x {groups} groups), "
+                             f"got {scale.numel()} and {zero.numel()}")
         if bias is not None and bias.numel() != self.out_features:
             raise ValueError(f"bias must have {self.out_features} entries, got {bias.numel()}")
         self.register_buffer("packed_codes", packed_codes.to(torch.int32).contiguous())
-        self.register_buffer("scale", scale.reshape(rows).to(torch.float16))
-        self.register_buffer("zero", zero.reshape(rows).to(torch.float16))
+        shape = (rows,) if group_size is None else (rows, groups)
+        self.register_buffer("scale", scale.reshape(shape).to(torch.float16))
+        self.register_buffer("zero", zero.reshape(shape).to(torch.float16))
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
         self.in_basis, self.out_basis = SideBasis(in_recipe), SideBasis(out_recipe)
         # Dequantized D_hat, derived from the stored codes once (not saved).
         self.register_buffer("_dequantized", self.dequantized_codes(), persistent=False)
+        # W_hat while calibration runs (``use_dense_weight``): one dense product per call.
+        self._dense_w: torch.Tensor | None = None
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -76,14 +84,46 @@ class FrameQuantLinear(nn.Module):
     def codes(self) -> torch.Tensor:
         return packing.unpack_codes(self.packed_codes, self.bits, self.in_recipe.size)
 
-    def dequantized_codes(self) -> torch.Tensor:
-        """``D_hat = scale * (codes - zero)`` (``K_out x K_in``, float32)."""
-        scale = self.scale.to(torch.float32).unsqueeze(1)
-        zero = self.zero.to(torch.float32).unsqueeze(1)
+    def dequantized_codes(self, scale: torch.Tensor | None = None, zero: torch.Tensor | None = None) -> torch.Tensor:
+        """``D_hat = scale * (codes - zero)`` (``K_out x K_in``, float32), each row's or group's own.
+
+        ``scale`` and ``zero`` default to the stored ones; others of the same shape (fine-tuning
+        passes float32 parameters) give a ``D_hat`` that is differentiable in them.
+        """
+        cols = self.in_recipe.size
+        scale = expand_groups((self.scale if scale is None else scale).to(torch.float32), cols, self.group_size)
+        zero = expand_groups((self.zero if zero is None else zero).to(torch.float32), cols, self.group_size)
         return scale * (self.codes().to(torch.float32) - zero)
+
+    def set_grid(self, scale: torch.Tensor, zero: torch.Tensor) -> None:
+        """Replace the stored scale and zero (rounded to fp16, as stored) and refresh ``D_hat``."""
+        if not (torch.isfinite(scale).all() and torch.isfinite(zero).all()):
+            raise ValueError("scale and zero must be finite")
+        self.scale.copy_(scale.detach().to(self.scale))
+        self.zero.copy_(zero.detach().to(self.zero))
+        self._dequantized = self.dequantized_codes()
+        if self._dense_w is not None:
+            self.use_dense_weight(True)
+
+    def bases_dense(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P_out, P_in)`` as dense float32 tensors on the layer's device."""
+        device = self.packed_codes.device
+        return (torch.as_tensor(self.out_basis.dense(), dtype=torch.float32, device=device),
+                torch.as_tensor(self.in_basis.dense(), dtype=torch.float32, device=device))
+
+    def use_dense_weight(self, weight: torch.Tensor | bool | None) -> None:
+        """Run ``forward`` as one dense product with ``W_hat`` (``True``: computed from the stored
+        grid; a tensor: that one, e.g. differentiable in a tuned grid) or, with ``None``/``False``,
+        as the five steps again. The pipeline uses it while later blocks are calibrated."""
+        if weight is True:
+            p_out, p_in = self.bases_dense()
+            weight = p_out @ self._dequantized @ p_in.T
+        self._dense_w = weight if isinstance(weight, torch.Tensor) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        if self._dense_w is not None:
+            return torch.nn.functional.linear(x.to(torch.float32), self._dense_w, self.bias).to(dtype)
         c = self.in_basis.to_frame(x.to(torch.float32))  # steps 1-2
         z = c @ self._dequantized.T  # step 3
         y = self.out_basis.from_frame(z)  # steps 4-5
@@ -100,7 +140,7 @@ class FrameQuantLinear(nn.Module):
     @property
     def code_bits(self) -> int:
         """Bits of everything stored per layer besides the bias: packed codes + fp16 scale/zero."""
-        return self.packed_codes.numel() * 32 + 32 * self.out_recipe.size
+        return self.packed_codes.numel() * 32 + 16 * (self.scale.numel() + self.zero.numel())
 
     @property
     def effective_bits(self) -> float:
@@ -109,7 +149,8 @@ class FrameQuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         k_out, k_in = self.frame_shape
-        return (f"in={self.in_features}, out={self.out_features}, frame={k_out}x{k_in}, bits={self.bits}, "
+        group = "" if self.group_size is None else f", group_size={self.group_size}"
+        return (f"in={self.in_features}, out={self.out_features}, frame={k_out}x{k_in}, bits={self.bits}{group}, "
                 f"method={self.method}, effective_bits={self.effective_bits:.3f}")
 
     def metadata(self) -> dict:
@@ -120,6 +161,7 @@ class FrameQuantLinear(nn.Module):
             "method": self.method,
             "layout_version": self.layout_version,
             "has_bias": self.bias is not None,
+            "group_size": self.group_size,
         }
 
 
@@ -169,7 +211,7 @@ def quantize_linear(
         h = hessian.to(w.device, torch.float64)
         h_frame = in_basis.to_frame(in_basis.to_frame(h).T)  # P_in^T H P_in
     d_clipped = clip_rows(d, config.effective_clip)
-    grid = RowGrid.fit(d_clipped, config.bits)
+    grid = RowGrid.fit(d_clipped, config.bits, config.group_size)
     if config.use_gptq:
         codes = gptq_quantize(d_clipped, h_frame, grid, config.block_size, config.damp, config.act_order)
     else:
@@ -178,7 +220,7 @@ def quantize_linear(
         in_recipe, out_recipe, config.bits,
         packing.pack_codes(codes.to(torch.int64).cpu(), config.bits),
         grid.scale.cpu(), grid.zero.cpu(),
-        None if bias is None else bias.detach().cpu(), method=config.label,
+        None if bias is None else bias.detach().cpu(), method=config.label, group_size=config.group_size,
     ).to(weight.device)
     proxy = math.nan
     if h_frame is not None:

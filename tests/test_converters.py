@@ -19,21 +19,25 @@ from fq_export.layer import FrameQuantLinear
 from fq_export.rotations import RotationSpec, random_signs
 
 
-def random_layer(n, m, bits, redundancy=1.1, rotate=True, frames=True, bias=True, seed=0):
+def random_layer(n, m, bits, redundancy=1.1, rotate=True, frames=True, bias=True, seed=0, group_size=None):
     gen = torch.Generator().manual_seed(seed)
     ins = SideRecipe(n, RotationSpec(n, 11 + seed) if rotate else None, choose_frame(n, redundancy) if frames else None)
     outs = SideRecipe(m, RotationSpec(m, 12 + seed) if rotate else None, choose_frame(m, redundancy) if frames else None)
     codes = torch.randint(0, 2**bits, (outs.size, ins.size), generator=gen)
-    scale = (torch.rand(outs.size, generator=gen) * 0.1 + 0.01).half()
-    zero = (torch.rand(outs.size, generator=gen) * (2**bits - 1)).half()
+    groups = 1 if group_size is None else -(-ins.size // group_size)
+    scale = (torch.rand(outs.size, groups, generator=gen) * 0.1 + 0.01).half()
+    zero = (torch.rand(outs.size, groups, generator=gen) * (2**bits - 1)).half()
     b = torch.randn(m, generator=gen) if bias else None
-    return FrameQuantLinear(ins, outs, bits, packing.pack_codes(codes, bits), scale, zero, b)
+    return FrameQuantLinear(ins, outs, bits, packing.pack_codes(codes, bits), scale, zero, b, group_size=group_size)
 
 
 def dense_reference(layer: FrameQuantLinear, x: np.ndarray) -> np.ndarray:
     """``x W_hat^T + b`` with ``W_hat = P_out D_hat P_in^T`` from dense float64 matrices."""
     codes = packing.unpack_codes(layer.packed_codes, layer.bits, layer.in_recipe.size).double().numpy()
-    d = layer.scale.double().numpy()[:, None] * (codes - layer.zero.double().numpy()[:, None])
+    rows, cols = codes.shape
+    span = layer.group_size or cols  # columns that share one scale and zero
+    per_column = lambda t: np.repeat(t.double().numpy().reshape(rows, -1), span, axis=1)[:, :cols]
+    d = per_column(layer.scale) * (codes - per_column(layer.zero))
     w = layer.out_basis.dense() @ d @ layer.in_basis.dense().T
     y = x.astype(np.float64) @ w.T
     return y + layer.bias.double().numpy() if layer.bias is not None else y
@@ -48,7 +52,7 @@ class Holder(nn.Module):
         return torch.tanh(self.proj(x))
 
 
-def export_tiny(layer, x, tmp_path, form):
+def export_tiny(layer, x, tmp_path, form, accuracy_level=4):
     """Export ``tanh(layer(x))`` and rewrite it; returns the rewritten model path."""
     from converters.torch_export import dense_copy
 
@@ -58,7 +62,7 @@ def export_tiny(layer, x, tmp_path, form):
     dynamic = {"x": {0: "batch"}, "y": {0: "batch"}} if x.dim() == 2 else {"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}}
     torch.onnx.export(dense, (x,), str(path), input_names=["x"], output_names=["y"], dynamic_axes=dynamic,
                       opset_version=18, dynamo=False)
-    out, sizes = rewrite.rewrite_graph(onnx.load(str(path)), layers, form)
+    out, sizes = rewrite.rewrite_graph(onnx.load(str(path)), layers, form, accuracy_level)
     out = rewrite.check_model(out)
     target = tmp_path / f"{form}.onnx"
     rewrite.save_model(out, target)
@@ -218,8 +222,31 @@ def test_packed_form_matches_dense_math(tmp_path, bits, shape):
 def test_packed_form_refuses_what_matmulnbits_cannot_run(tmp_path):
     with pytest.raises(ValueError, match="--onnx-form standard"):
         export_tiny(random_layer(192, 192, 3), torch.randn(2, 192), tmp_path, "packed")
-    with pytest.raises(ValueError, match="zero points"):
-        export_tiny(random_layer(192, 192, 2), torch.randn(2, 192), tmp_path, "packed")  # fractional zeros
+
+
+@pytest.mark.parametrize("form", ["standard", "packed"])
+@pytest.mark.parametrize("bits,group_size,integer_zeros", [(2, 32, True), (2, 128, False), (4, 64, True),
+                                                          (3, 32, False), (2, None, False)])
+def test_group_wise_and_fractional_grids_match_dense_math(tmp_path, form, bits, group_size, integer_zeros):
+    # 384 * 1.1 -> 420 frame columns: the last group of 128 (and of 64) is short.
+    if form == "packed" and bits == 3:
+        pytest.skip("MatMulNBits takes 2, 4 and 8 bits")
+    layer = random_layer(384, 192, bits, seed=bits, group_size=group_size)
+    if integer_zeros:
+        layer.set_grid(layer.scale, layer.zero.float().round())
+    path, _ = export_tiny(layer, torch.randn(2, 384), tmp_path, form, accuracy_level=0)
+    xs = np.random.default_rng(1).standard_normal((3, 384)).astype(np.float32)
+    got = validate.make_session(path, form).run(["y"], {"x": xs})[0]
+    np.testing.assert_allclose(got, np.tanh(dense_reference(layer, xs)), atol=2e-4)
+    np.testing.assert_allclose(layer.dense_weight().numpy(),
+                               (dense_reference(layer, np.eye(384)) - layer.bias.double().numpy()).T, atol=1e-6)
+
+
+def test_plugin_forms_refuse_group_wise_layers(tmp_path):
+    layer = random_layer(192, 192, 2, group_size=64)
+    for form in ("plugin", "plugin-layer"):
+        with pytest.raises(ValueError, match="group-wise scales"):
+            export_tiny(layer, torch.randn(2, 192), tmp_path, form)
 
 
 def test_sign_bits_decode():
@@ -290,7 +317,7 @@ def minilm_quantized():
 
 def test_minilm_both_forms_against_pytorch(minilm_quantized, tmp_path):
     from converters.export import export_artifacts
-    from fq_export.export_cli import validation_batches
+    from fq_export.cli.export import validation_batches
 
     adapter = minilm_quantized
     batches, _ = validation_batches(adapter, 8)

@@ -1,0 +1,124 @@
+"""A model-wide bit budget: each layer's (bits, r, side) chosen from measured sensitivity.
+
+``allocate(adapter, config, batches, budget_bits)`` measures, on the full-precision model's
+Hessians, each layer's relative proxy loss ``tr(E H E^T) / tr(W H W^T)`` when quantized at 2 bits
+with every (r, side) of :data:`REDUNDANCIES` and at 4 bits with ``r = 1``; the 4-bit loss with a
+frame is taken as the 4-bit ``r = 1`` loss times the frame's measured 2-bit gain. Each choice's
+cost is its exact stored bits (codes with row padding, scales and zeros). A Lagrangian search
+then picks, per layer, the choice minimising ``loss + lambda * bits``, with the smallest
+``lambda`` whose model-wide effective bits fit the budget, and spends what is left on the
+upgrades that remove the most loss per bit; the result is a ``QuantConfig`` per layer. Only 2
+and 4 bits are used, so every export form (MatMulNBits included) can run the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import torch
+
+from . import packing
+from .config import QuantConfig
+from .grid import num_groups
+from .layer import quantize_linear, side_recipes
+
+log = logging.getLogger(__name__)
+
+BITS = (2, 4)
+#: (r, side) choices for FrameQuant; other methods have one (no frames)
+REDUNDANCIES = ((1.0, "both"), (1.1, "input"), (1.1, "both"))
+
+
+def _choices(config: QuantConfig) -> list[QuantConfig]:
+    sides = REDUNDANCIES if config.use_frames else ((config.redundancy, config.redundancy_side),)
+    return [dataclasses.replace(config, bits=b, redundancy=r, redundancy_side=s) for b in BITS for r, s in sides]
+
+
+def stored_bits(config: QuantConfig, in_features: int, out_features: int, name: str) -> int:
+    """Bits that a layer quantized with ``config`` stores (codes, fp16 scales and zeros)."""
+    ins, outs = side_recipes(config, in_features, out_features, name)
+    groups = num_groups(ins.size, config.group_size)
+    return outs.size * (packing.words_per_row(ins.size, config.bits) * 32 + 32 * groups)
+
+
+@torch.no_grad()
+def sensitivities(adapter, config: QuantConfig, batches: list[dict], progress: bool = True) -> dict[str, list[tuple]]:
+    """Per layer: ``[(choice, stored bits, relative proxy loss)]`` over :func:`_choices`."""
+    from tqdm.auto import tqdm
+
+    from .pipeline import collect_hessians
+
+    hessians = collect_hessians(adapter, batches)
+    out = {}
+    choices = _choices(config)
+    for name in tqdm(list(hessians), desc="sensitivity", unit="layer", disable=not progress):
+        linear = adapter.model.get_submodule(name)
+        h = hessians[name].hessian
+        measured = {}
+        for choice in choices:
+            if choice.bits == 2 or (choice.redundancy == 1.0 or not choice.use_frames):
+                _, stats = quantize_linear(linear.weight, linear.bias, h, choice, name)
+                measured[(choice.bits, choice.redundancy, choice.redundancy_side)] = stats.frame_proxy_loss
+        rows = []
+        base2 = measured.get((2, 1.0, "both"))
+        for choice in choices:
+            key = (choice.bits, choice.redundancy, choice.redundancy_side)
+            loss = measured.get(key)
+            if loss is None:  # 4 bits with a frame: 4-bit r=1 loss times the frame's 2-bit gain
+                loss = measured[(choice.bits, 1.0, "both")] * measured[(2,) + key[1:]] / max(base2, 1e-30)
+            rows.append((choice, stored_bits(choice, linear.in_features, linear.out_features, name), loss))
+        out[name] = rows
+    return out
+
+
+def choose(table: dict[str, list[tuple]], weights: dict[str, int], budget_bits: float) -> dict[str, QuantConfig]:
+    """Per layer, the choice minimising ``loss + lambda * bits`` for the smallest feasible ``lambda``."""
+    total = sum(weights.values())
+
+    def pick(lam: float) -> tuple[dict, float]:
+        chosen = {n: min(rows, key=lambda r: (r[2] + lam * r[1], r[1])) for n, rows in table.items()}
+        return chosen, sum(c[1] for c in chosen.values()) / total
+
+    cheapest = sum(min(r[1] for r in rows) for rows in table.values()) / total
+    if budget_bits < cheapest:
+        raise ValueError(f"a budget of {budget_bits} bits is below the cheapest recipe this model allows "
+                         f"({cheapest:.3f} effective bits)")
+    lo, hi = 0.0, 1.0
+    while pick(hi)[1] > budget_bits:
+        hi *= 4
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if pick(mid)[1] > budget_bits:
+            lo = mid
+        else:
+            hi = mid
+    chosen, bits = pick(hi)
+    # The Lagrangian choice can leave budget unused: spend it on the upgrades that remove the most
+    # loss per extra bit while they fit.
+    spare = budget_bits * total - sum(c[1] for c in chosen.values())
+    while True:
+        upgrades = [(c[2] - r[2]) / (r[1] - c[1]) for n, c in chosen.items() for r in table[n]
+                    if c[1] < r[1] <= c[1] + spare and r[2] < c[2]]
+        if not upgrades:
+            break
+        best = max(upgrades)
+        name, row = next((n, r) for n, c in chosen.items() for r in table[n]
+                         if c[1] < r[1] <= c[1] + spare and r[2] < c[2] and (c[2] - r[2]) / (r[1] - c[1]) == best)
+        spare -= row[1] - chosen[name][1]
+        chosen[name] = row
+    log.info("budget %.3f bits: chose %.3f effective bits", budget_bits, budget_bits - spare / total)
+    return {n: c[0] for n, c in chosen.items()}
+
+
+def allocate(adapter, config: QuantConfig, batches: list[dict], budget_bits: float,
+             progress: bool = True) -> dict[str, QuantConfig]:
+    """A ``QuantConfig`` per linear layer whose model-wide effective bits stay within ``budget_bits``."""
+    if not (math.isfinite(budget_bits) and budget_bits > 0):
+        raise ValueError(f"the bit budget must be a positive number, got {budget_bits}")
+    table = sensitivities(adapter, config, batches, progress)
+    weights = {}
+    for name in table:
+        linear = adapter.model.get_submodule(name)
+        weights[name] = linear.in_features * linear.out_features
+    return choose(table, weights, budget_bits)
