@@ -20,6 +20,8 @@ WNID = re.compile(r"n\d{8}")
 def list_images(root: str | Path) -> list[tuple[Path, str | None]]:
     """``(path, label)`` pairs of an ImageFolder or flat folder, sorted."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"image folder {root} is a file, not a folder of images")
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
     items = []
@@ -56,8 +58,11 @@ def default_photos() -> list[Path]:
 def load_rgb(path: Path):
     from PIL import Image
 
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(f"image {path} could not be read ({exc.__class__.__name__}: {exc})") from None
 
 
 def augmented_batches(paths: list[Path], transform, count: int, seed: int, batch_size: int = 8,

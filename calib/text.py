@@ -99,16 +99,34 @@ def _raw_sentences(split: str, min_chars: int, max_chars: int) -> tuple[str, ...
     return tuple(out)
 
 
+def read_text_file(path: str | Path) -> str:
+    """The text of a UTF-8 file (a BOM is allowed); a binary or non-UTF-8 file is a ``ValueError``
+    naming the file."""
+    path = Path(path)
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise ValueError(f"{path} is not a text file (it holds NUL bytes: binary data?)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}: "
+                         f"{exc.reason}); save it as UTF-8") from None
+    controls = sum(ch < " " and ch not in "\t\n\r\f\v" for ch in text)
+    if controls > max(8, len(text) // 100):
+        raise ValueError(f"{path} does not look like text ({controls} control characters in {len(text)}: binary data?)")
+    return text
+
+
 def read_text_source(source: str | Path) -> str:
     """All text of a plain-text file, or of the ``.txt``/``.md`` files of a folder (sorted)."""
     path = Path(source)
     if path.is_file():
-        return path.read_text(encoding="utf-8", errors="replace")
+        return read_text_file(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in {".txt", ".md", ".text"} and p.is_file())
         if not files:
             raise FileNotFoundError(f"text folder {path} holds no .txt/.md files")
-        return "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+        return "\n\n".join(read_text_file(p) for p in files)
     raise FileNotFoundError(f"text source {path} does not exist")
 
 

@@ -1,4 +1,4 @@
-"""Small output helpers: atomic JSON and text writes, plain tables."""
+"""Small output helpers: atomic JSON and text writes (umask permissions), plain tables."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 
 def _clean(obj):

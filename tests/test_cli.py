@@ -3,8 +3,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from fq_export.cli import main
 
 
@@ -31,7 +29,7 @@ def test_layer_error_on_minilm_subset(tmp_path, capsys):
 
 def test_quantize_eval_roundtrip_is_deterministic(tmp_path):
     args = ["quantize", "--model", "minilm", "--r", "1.1", "--bits", "2", "--calib-samples", "8", "--seed", "3",
-            "--no-progress"]
+            "--finetune-steps", "0", "--no-progress"]
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     assert run_cli(*args, "--out", a, "--report", tmp_path / "a.json") == 0
     assert run_cli(*args, "--out", b) == 0
@@ -69,3 +67,29 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "fq_export.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "layer-error" in out.stdout
+
+
+def test_layers_import_one_way():
+    """The core package imports nothing of the application (cli, converters, calib); inside the
+    command line, ``common`` imports no subcommand and the subcommands import no ``main``."""
+    import ast
+    from pathlib import Path
+
+    code = ("import sys, fq_export, fq_export.pipeline, fq_export.checkpoint, fq_export.files, fq_export.io, "
+            "fq_export.models, fq_export.accounting; "
+            "print(sorted(m for m in sys.modules if m.startswith(('fq_export.cli', 'converters', 'calib'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+    folder = Path(__file__).resolve().parents[1] / "fq_export" / "cli"
+    imports = {}
+    for path in folder.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names.add(node.module or "")
+                names.update(a.name for a in node.names if not node.module)
+        imports[path.stem] = names
+    assert imports["common"] <= set(), imports["common"]
+    for sub in ("layer_error", "quantize", "eval", "export", "evaluate"):
+        assert imports[sub] <= {"common", "evaluate"}, (sub, imports[sub])

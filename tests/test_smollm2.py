@@ -29,7 +29,7 @@ def test_loads_without_the_llm_cli_and_predicts_real_text(smollm2):
 
 def test_perplexity_on_held_out_text_is_that_of_a_trained_model(smollm2):
     from calib import text as text_data
-    from fq_export.evaluate import perplexity
+    from fq_export.cli.evaluate import perplexity
 
     result = perplexity(smollm2, text_data.stdlib_corpus("eval"), 256, 4)
     # a random-initialised 49k-vocabulary model sits near exp(log 49152) ~ 49152; the real one near 15-30

@@ -33,6 +33,10 @@ def load_model(name: str, weights: str | None = None, random_weights: bool = Fal
     """
     from . import text, vision
 
+    if (weights is not None or random_weights) and model_family(name) not in ("vit", None):
+        option = "--weights" if weights is not None else "--random-weights"
+        raise UnknownModelError(f"{option} applies to timm vision models only; {name!r} is a "
+                                f"{model_family(name).replace('_', ' ')} model (it loads its own weights)")
     if name == "minilm":
         adapter = text.load_minilm()
     elif name == "smollm2-135m":
@@ -48,3 +52,27 @@ def load_model(name: str, weights: str | None = None, random_weights: bool = Fal
         )
     adapter.model.to(device)
     return adapter
+
+
+def model_family(name: str) -> str | None:
+    """``encoder``, ``causal_lm`` or ``vit`` for a model name, without loading it (``None``: unknown).
+
+    A local Hugging Face folder is classified from its ``config.json`` as ``load_model`` would.
+    """
+    if name in TEXT_ALIASES:
+        return TEXT_ALIASES[name]
+    if name in VIT_ALIASES:
+        return "vit"
+    path = Path(name)
+    if path.is_dir():
+        import json
+
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        architectures = config.get("architectures") or [] if isinstance(config, dict) else []
+        return "causal_lm" if any(str(a).endswith("ForCausalLM") for a in architectures) else "encoder"
+    from . import vision
+
+    return "vit" if vision.is_timm_name(name) else None

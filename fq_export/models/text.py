@@ -1,6 +1,7 @@
 """Adapters for transformers models: BERT-like encoders and Llama/OPT-like causal LMs."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -93,17 +94,43 @@ def load_hf_folder(path: Path) -> ModelAdapter:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UnknownModelError(f"{path} is not a Hugging Face model folder (no config.json)")
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnknownModelError(f"{config_file} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise UnknownModelError(f"{config_file} must hold a JSON object")
     architectures = config.get("architectures") or []
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if any(a.endswith("ForCausalLM") for a in architectures):
-        model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32)
+    causal = any(str(a).endswith("ForCausalLM") for a in architectures)
+    with _clear_loading_errors(path):
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if causal:
+            model = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32)
+        else:
+            model = AutoModel.from_pretrained(str(path), torch_dtype=torch.float32)
+    if causal:
         return _causal_adapter(path.name, model, tokenizer, {"model": str(path.resolve())})
-    model = AutoModel.from_pretrained(str(path), torch_dtype=torch.float32)
     if not hasattr(model, "encoder") or not hasattr(model.encoder, "layer"):
         raise UnknownModelError(f"{path}: {type(model).__name__} is neither a causal LM nor a BERT-like encoder")
     return _encoder_adapter(path.name, model, tokenizer, {"model": str(path.resolve())},
                             max_length=min(int(config.get("max_position_embeddings", 512)), 512))
+
+
+@contextlib.contextmanager
+def _clear_loading_errors(path: Path):
+    """Loading failures of a local folder as one-line ``UnknownModelError``s (pickles are refused)."""
+    import pickle
+
+    try:
+        yield
+    except pickle.UnpicklingError as exc:
+        weights = next((path / n for n in ("pytorch_model.bin", "model.pth") if (path / n).is_file()), path)
+        from .vision import refused_pickle
+
+        raise UnknownModelError(refused_pickle(weights)) from exc
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise UnknownModelError(f"model folder {path} could not be loaded: {first}") from exc
 
 
 def sentence_batches(adapter: ModelAdapter, sentences: list[str], batch_size: int = 1) -> list[dict]:

@@ -18,6 +18,8 @@ def is_timm_name(name: str) -> bool:
 
 
 def _load_state_dict(weights: Path) -> dict:
+    """A state dict from a safetensors file, or from a pickle holding tensors only (loaded with
+    ``weights_only=True``: anything else in the pickle is refused, never run)."""
     if weights.is_dir():
         for candidate in ("model.safetensors", "pytorch_model.bin", "model.pth"):
             if (weights / candidate).is_file():
@@ -26,14 +28,33 @@ def _load_state_dict(weights: Path) -> dict:
     if not weights.is_file():
         raise UnknownModelError(f"weights file {weights} does not exist")
     if weights.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(weights))
-    state = torch.load(str(weights), map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(weights))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UnknownModelError(f"weights file {weights} is not a readable safetensors file ({first})") from exc
+    import pickle
+
+    try:
+        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError) as exc:
+        raise UnknownModelError(refused_pickle(weights)) from exc
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UnknownModelError(f"weights file {weights} does not hold a state dict (a mapping of names to tensors)")
     return state
+
+
+def refused_pickle(path: Path) -> str:
+    """The one-line refusal of a pickle weights file that is not a plain tensor state dict."""
+    return (f"weights file {path} was refused: it is not a plain tensor state dict that loads safely "
+            "(a pickle holding other objects, or not a PyTorch file at all); fq-export never runs pickled code. "
+            "Convert the weights to .safetensors")
 
 
 def load_timm(alias: str, timm_name: str, weights: str | None, random_weights: bool) -> ModelAdapter:

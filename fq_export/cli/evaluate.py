@@ -1,15 +1,16 @@
-"""Evaluation of full-precision and quantized models on real data."""
+"""Evaluation of full-precision and quantized models on real data (the ``eval`` command's library)."""
 from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 
 import torch
 
 from calib import metrics
-from .models.base import ModelAdapter
-from .models.text import sentence_batches, token_windows
+from fq_export.models.base import ModelAdapter
+from fq_export.models.text import sentence_batches, token_windows
 
 log = logging.getLogger(__name__)
 
@@ -22,31 +23,49 @@ def embed(adapter: ModelAdapter, sentences: list[str], batch_size: int = 32) -> 
 
 
 def read_pairs(path: str | Path) -> tuple[list[str], list[str], list[float]]:
-    """A TSV with header ``sentence1<TAB>sentence2<TAB>score``."""
+    """A TSV with header ``sentence1<TAB>sentence2<TAB>score``; scores finite and not all equal."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"sentence-pair file {path} is a folder, not a TSV file")
     if not path.is_file():
         raise FileNotFoundError(f"sentence-pair file {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        need = {"sentence1", "sentence2", "score"}
-        if not reader.fieldnames or not need <= set(reader.fieldnames):
-            raise ValueError(f"{path}: the header must name sentence1, sentence2 and score (tab-separated), "
-                             f"got {reader.fieldnames}")
-        first, second, scores = [], [], []
-        for line, row in enumerate(reader, start=2):
-            try:
-                scores.append(float(row["score"]))
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{path}:{line}: score {row.get('score')!r} is not a number") from exc
-            first.append(row["sentence1"])
-            second.append(row["sentence2"])
+    if b"\x00" in path.read_bytes():
+        raise ValueError(f"sentence-pair file {path} is not a text file (it holds NUL bytes: binary data?)")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            need = {"sentence1", "sentence2", "score"}
+            if not reader.fieldnames or not need <= set(reader.fieldnames):
+                raise ValueError(f"{path}: the header must name sentence1, sentence2 and score (tab-separated), "
+                                 f"got {reader.fieldnames}")
+            first, second, scores = [], [], []
+            for row in reader:
+                line = reader.line_num
+                try:
+                    score = float(row["score"])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}:{line}: score {row.get('score')!r} is not a number") from None
+                if not math.isfinite(score):
+                    raise ValueError(f"{path}:{line}: score {row.get('score')!r} is not a finite number")
+                if not row.get("sentence1") or not row.get("sentence2"):
+                    raise ValueError(f"{path}:{line}: a sentence is missing (three tab-separated fields per line)")
+                first.append(row["sentence1"])
+                second.append(row["sentence2"])
+                scores.append(score)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"sentence-pair file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if len(scores) < 2:
-        raise ValueError(f"{path}: at least two sentence pairs are needed for a rank correlation")
+        raise ValueError(f"{path}: at least two sentence pairs are needed for a rank correlation, got {len(scores)}")
+    if len(set(scores)) == 1:
+        raise ValueError(f"{path}: all {len(scores)} scores are equal ({scores[0]:g}): the Spearman rank correlation "
+                         "is undefined")
     return first, second, scores
 
 
-def pairs_spearman(adapter: ModelAdapter, path: str | Path) -> float:
-    first, second, scores = read_pairs(path)
+def pairs_spearman(adapter: ModelAdapter, pairs) -> float:
+    """Spearman correlation of the pairs' scores with the embeddings' cosines. ``pairs``: a path,
+    or ``read_pairs``'s result."""
+    first, second, scores = read_pairs(pairs) if isinstance(pairs, (str, Path)) else pairs
     cos = metrics.cosine_rows(embed(adapter, first), embed(adapter, second))
     return metrics.spearman(cos.numpy(), scores)
 
@@ -84,7 +103,7 @@ def class_index(adapter: ModelAdapter, label: str | None) -> int | None:
 @torch.no_grad()
 def top1(adapter: ModelAdapter, folder: str | Path, limit: int | None = None) -> dict:
     from calib.images import folder_batches
-    from .models.vision import preprocess
+    from fq_export.models.vision import preprocess
 
     batches, labels = folder_batches(folder, preprocess(adapter), limit)
     targets = [class_index(adapter, label) for label in labels]
