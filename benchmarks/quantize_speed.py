@@ -1,4 +1,4 @@
-"""Wall time of whole-model quantization (FrameQuant r=1.1, 2 bits), as the issue asks.
+"""Wall time of whole-model quantization (FrameQuant r=1.1, 2 bits).
 
     python benchmarks/quantize_speed.py --model minilm --device cpu --calib-samples 128
     python benchmarks/quantize_speed.py --model vit-b --random-weights --device cuda --calib-samples 128

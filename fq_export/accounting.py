@@ -1,4 +1,4 @@
-"""Honest size accounting (DESIGN.md section 2)."""
+"""Honest size accounting (docs/design.md, "Effective bits")."""
 from __future__ import annotations
 
 from torch import nn

@@ -59,7 +59,7 @@ def test_fusion_frame_subspaces_are_orthonormal_and_tight():
     # Real column 2*(i*k + l) + {0,1} belongs to subspace l.
     subspace = (np.arange(spec.num_vectors) // 2) % k
     projections = np.zeros((96, 96))
-    for l in range(k):
+    for l in range(k):  # noqa: E741 (the paper's index)
         basis = t[:, subspace == l] * np.sqrt(spec.redundancy)
         np.testing.assert_allclose(basis.T @ basis, np.eye(spec.rho), atol=1e-12)
         projections += basis @ basis.T
