@@ -129,3 +129,16 @@ def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             remove(entry)
             removed.append(entry)
     return removed
+
+
+def remove_own_temporaries(folders) -> None:
+    """Remove this process's temporaries from ``folders``: the last step of an interrupted run, which
+    also catches one that a signal left between its creation and its ``try`` block."""
+    prefix = f"{TEMP_PREFIX}{os.getpid()}-"
+    for folder in {Path(f) for f in folders}:
+        try:
+            for path in folder.iterdir():
+                if path.name.startswith(prefix):
+                    remove(path)
+        except OSError:
+            pass

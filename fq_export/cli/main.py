@@ -18,6 +18,7 @@ import contextlib
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from . import eval as eval_cmd
 from . import export as export_cmd
@@ -147,12 +148,21 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             return _error(f"ONNX conversion failed: {one_line(exc)}", EXIT_CONVERSION)
         except KeyboardInterrupt:
+            _remove_own_temporaries(args)
             print("fq-export: interrupted (SIGINT); its temporary files were removed", file=sys.stderr)
             return 130
         except Terminated as exc:
+            _remove_own_temporaries(args)
             name = signal.Signals(exc.signum).name
             print(f"fq-export: terminated ({name}); its temporary files were removed", file=sys.stderr)
             return 128 + exc.signum
+
+
+def _remove_own_temporaries(args) -> None:
+    from fq_export.files import remove_own_temporaries
+
+    paths = [getattr(args, key, None) for key in ("out", "json", "report")]
+    remove_own_temporaries(Path(p).resolve().parent for p in paths if p)
 
 
 if __name__ == "__main__":
