@@ -678,6 +678,7 @@ def interrupted(checkpoint, tmp_path_factory):
     return _spawn_exports(checkpoint, tmp_path_factory.mktemp("signals"))
 
 
+@pytest.mark.slow  # three concurrent MiniLM exports: minutes on a loaded 2-core CPU
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_interrupted_export_removes_its_temporaries(interrupted, sig, code, word):
     result = interrupted[sig]
@@ -689,6 +690,7 @@ def test_interrupted_export_removes_its_temporaries(interrupted, sig, code, word
     assert not debris(result["folder"].parent / "systmp"), "debris left in the system temp dir"
 
 
+@pytest.mark.slow
 def test_killed_export_debris_is_removed_by_the_next_run(interrupted, capsys):
     result = interrupted[signal.SIGKILL]
     folder = result["folder"]
