@@ -109,8 +109,8 @@ def build_artifacts(model: str, tmp: Path, forms: list[str], checkpoint: str | N
     import torch
 
     from converters.export import export_artifacts
-    from fq_export.cli import load_quantized
-    from fq_export.export_cli import validation_batches
+    from fq_export.cli.common import load_quantized
+    from fq_export.cli.export import validation_batches
 
     if checkpoint is None:
         checkpoint = str(tmp / f"{model}.safetensors")

@@ -43,7 +43,7 @@ def bundle_minilm(out_dir: Path) -> None:
     from calib.sources import calibration_batches
     from fq_export.checkpoint import save_checkpoint
     from fq_export.config import QuantConfig
-    from fq_export.export_cli import validation_batches
+    from fq_export.cli.export import validation_batches
     from fq_export.models import load_model
     from fq_export.pipeline import quantize, quantized_layers
 
