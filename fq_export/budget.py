@@ -93,18 +93,16 @@ def choose(table: dict[str, list[tuple]], weights: dict[str, int], budget_bits: 
             lo = mid
         else:
             hi = mid
-    chosen, bits = pick(hi)
+    chosen, _ = pick(hi)
     # The Lagrangian choice can leave budget unused: spend it on the upgrades that remove the most
     # loss per extra bit while they fit.
     spare = budget_bits * total - sum(c[1] for c in chosen.values())
     while True:
-        upgrades = [(c[2] - r[2]) / (r[1] - c[1]) for n, c in chosen.items() for r in table[n]
+        upgrades = [((c[2] - r[2]) / (r[1] - c[1]), n, r) for n, c in chosen.items() for r in table[n]
                     if c[1] < r[1] <= c[1] + spare and r[2] < c[2]]
         if not upgrades:
             break
-        best = max(upgrades)
-        name, row = next((n, r) for n, c in chosen.items() for r in table[n]
-                         if c[1] < r[1] <= c[1] + spare and r[2] < c[2] and (c[2] - r[2]) / (r[1] - c[1]) == best)
+        _, name, row = max(upgrades, key=lambda u: u[0])  # the first of equal gains, as before
         spare -= row[1] - chosen[name][1]
         chosen[name] = row
     log.info("budget %.3f bits: chose %.3f effective bits", budget_bits, budget_bits - spare / total)
