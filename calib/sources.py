@@ -6,6 +6,10 @@
 * vision: images of a folder (offline default: seeded crops of three real photographs).
 A source may also be ``hf:NAME[:SPLIT[:FIELD]]`` (Hugging Face ``datasets``, where reachable).
 Selection is seeded; the evaluation splits never share a document with the calibration split.
+
+This package sits on the method core: it reads data and turns it into batches with the model
+adapters of :mod:`fq_export.models` (imported where a family needs them, so reading text never
+loads the vision stack); the core never imports it (``tests/test_layering.py``).
 """
 from __future__ import annotations
 

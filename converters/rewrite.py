@@ -24,6 +24,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from fq_export import plugin_ops
+from fq_export.files import atomic_write
 from fq_export.layer import FrameQuantLinear
 
 from .subgraphs import Builder, dense_weight_t, packed_layer, plugin_layer, plugin_layer_node
@@ -208,14 +209,8 @@ def check_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def save_model(model: onnx.ModelProto, path: str | Path) -> int:
-    """Write atomically (temporary file, then rename); returns the file size in bytes."""
+    """Write atomically (a uniquely named temporary beside ``path``, then rename); returns the
+    file size in bytes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        onnx.save_model(model, str(tmp))
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: onnx.save_model(model, tmp))
     return path.stat().st_size

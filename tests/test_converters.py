@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -398,3 +399,32 @@ def test_causal_lm_exports_with_dynamic_sequence(tmp_path):
         with torch.no_grad():
             want = module(x).numpy()
         np.testing.assert_allclose(sess.run(None, {"input_ids": x.numpy()})[0], want, atol=1e-4, rtol=0)
+
+
+def test_save_model_leaves_no_temporaries(tmp_path, monkeypatch):
+    """``save_model`` writes through a uniquely named temporary: a failed write leaves nothing,
+    a good one leaves only the file, readable by onnx and with the umask's mode."""
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph)
+    target = tmp_path / "m.onnx"
+
+    def broken(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(onnx, "save_model", broken)
+        with pytest.raises(OSError):
+            rewrite.save_model(model, target)
+    assert list(tmp_path.iterdir()) == []
+    old = os.umask(0o027)
+    try:
+        size = rewrite.save_model(model, target)
+    finally:
+        os.umask(old)
+    assert list(tmp_path.iterdir()) == [target] and size == target.stat().st_size
+    assert (target.stat().st_mode & 0o777) == 0o640
+    assert onnx.load(str(target)).graph.node[0].op_type == "Identity"

@@ -5,7 +5,7 @@ exports ``getCreators``/``setLoggerFinder``), parse the ONNX file (the parser ma
 ``FQFrameLinear`` nodes of the default ``plugin-layer`` form, or the ``FQHadamardRotation`` /
 ``FQFrameTransform`` / ``FQPackedMatMul`` nodes of the ``plugin`` form, to our creators by op type,
 ``plugin_version`` and ``plugin_namespace``), add an optimization profile for the dynamic axes,
-build with fp16 allowed, serialize to a temporary file and rename it into place.
+build with fp16 allowed, serialize to a uniquely named temporary beside the plan and rename it into place.
 
 Runs wherever ``import tensorrt`` works; :func:`trtexec_command` gives the equivalent command line.
 Also importable as ``plugins_trt.engine``.
@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
+
+from fq_export.files import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]  # plugins_trt/
 DEFAULT_LIBRARY_NAMES = ("libfq_trt_plugins.so",)
@@ -99,8 +101,5 @@ def build_engine(onnx_path, plan_path, library, shapes: dict[str, tuple[tuple[in
     if serialized is None:
         raise EngineBuildError("TensorRT failed to build the engine (see the log above)")
     plan_path = Path(plan_path)
-    tmp = plan_path.with_name(plan_path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(serialized)
-    os.replace(tmp, plan_path)
+    atomic_write(plan_path, lambda tmp: Path(tmp).write_bytes(serialized))
     return plan_path
