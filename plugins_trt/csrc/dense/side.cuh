@@ -139,5 +139,22 @@ cudaError_t launch_side_cols(const SideRows& s, const __half* x, int cols, __hal
 cudaError_t launch_decode_side_cols(const SideRows& s, const PackedMatMulParams& m, __half* y, const SlabStrides& st,
                                     cudaStream_t stream);
 
+// The synthesis table entries of coordinates j = base + stride u (u < U), each pair of taps'
+// bins and weights, all loads in flight before any use; zeros from limit on.
+template <int U>
+__device__ __forceinline__ void load_synth_entries(const FrameParams& f, int base, int stride, int limit, int (&b0)[U],
+                                                   int (&b1)[U], float (&w0)[U], float (&w1)[U]) {
+    const int dc = f.d_c;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const int j = base + stride * u;
+        const bool ok = j < limit;
+        b0[u] = ok ? __ldg(f.synth_bin + j) : 0;
+        b1[u] = ok ? __ldg(f.synth_bin + dc + j) : 0;
+        w0[u] = ok ? __ldg(f.synth_weight + j) : 0.f;
+        w1[u] = ok ? __ldg(f.synth_weight + dc + j) : 0.f;
+    }
+}
+
 }  // namespace dense
 }  // namespace fq

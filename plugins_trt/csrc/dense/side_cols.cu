@@ -131,19 +131,10 @@ __device__ inline void cols_gather(const SideRows& s, const __half* z, __half* v
         return;
     }
     constexpr int U = 2;
-    const int dc = s.f.d_c;
     for (int base = j0 + t; base < j1; base += U * nt) {
         int c0[U], c1[U];
         float w0[U], w1[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int j = base + u * nt;
-            const bool ok = j < j1;
-            c0[u] = ok ? __ldg(s.f.synth_bin + j) : 0;
-            c1[u] = ok ? __ldg(s.f.synth_bin + dc + j) : 0;
-            w0[u] = ok ? __ldg(s.f.synth_weight + j) : 0.f;
-            w1[u] = ok ? __ldg(s.f.synth_weight + dc + j) : 0.f;
-        }
+        load_synth_entries<U>(s.f, base, nt, j1, c0, c1, w0, w1);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int j = base + u * nt;
@@ -283,6 +274,23 @@ __device__ inline void cols_odd_mix(__half* v, const RotationParams& r) {
     if (r.odd == 3) cols_odd_mix<3>(v, r.power, r.dct);  // side_cols_fit refuses other odd factors
 }
 
+// The block's slot table (no sync): for each radix-16 pass lo and pair i of a plane, the cslot of
+// the base point of groups 2i and 2i + 1; then in out_slots, without an odd factor the cslot of
+// every 32nd point (the output steps' bases), with one the oslot of every point.
+__device__ inline void cols_slot_table(const SideRows& s, int passes16, int pairs, int odd, uint16_t* slots,
+                                       uint16_t* out_slots) {
+    for (int e = threadIdx.x; e < passes16 * pairs; e += blockDim.x) {
+        const int lo = 4 * (e / pairs), gi = 2 * (e % pairs);
+        slots[e] = static_cast<uint16_t>(cslot(((gi >> lo) << (lo + 4)) | (gi & ((1 << lo) - 1))));
+    }
+    if (odd > 1) {
+        for (int e = threadIdx.x; e < s.d; e += blockDim.x)
+            out_slots[e] = static_cast<uint16_t>(oslot(e, s.r.power, odd));
+    } else {
+        for (int e = threadIdx.x; e < s.d / 32; e += blockDim.x) out_slots[e] = static_cast<uint16_t>(cslot(32 * e));
+    }
+}
+
 // Words a decoding block stages per slab: the packed codes of 8 rows of D_hat, then their 8 scales
 // and 8 zeros (fp16).
 __host__ __device__ inline int cols_stage_words(const PackedMatMulParams& m) { return kSlab * m.words_per_row + kSlab; }
@@ -385,16 +393,7 @@ __global__ void __launch_bounds__(kColThreads, 1)
     // odd == 1: cslot of every 32nd point (out_slots); else oslot of every point (pslot).
     uint16_t* const out_slots = slots + passes16 * pairs;
     const uint16_t* const pslot = odd > 1 ? out_slots : nullptr;
-    for (int e = threadIdx.x; e < passes16 * pairs; e += blockDim.x) {  // pair i of pass lo: groups 2i, 2i + 1
-        const int lo = 4 * (e / pairs), gi = 2 * (e % pairs);
-        slots[e] = static_cast<uint16_t>(cslot(((gi >> lo) << (lo + 4)) | (gi & ((1 << lo) - 1))));
-    }
-    if (odd > 1) {
-        for (int e = threadIdx.x; e < s.d; e += blockDim.x)
-            out_slots[e] = static_cast<uint16_t>(oslot(e, s.r.power, odd));
-    } else {
-        for (int e = threadIdx.x; e < s.d / 32; e += blockDim.x) out_slots[e] = static_cast<uint16_t>(cslot(32 * e));
-    }
+    cols_slot_table(s, passes16, pairs, odd, slots, out_slots);
     if (s.has_frame)
         load_dft(s.f.dft_t, dft, s.f.kp);  // ends with a barrier
     else

@@ -245,17 +245,7 @@ __device__ inline void warp_gather(const SideRows& s, const __half* z, __half* v
     constexpr int U = 4;
     int b0[U], b1[U];
     float w0[U], w1[U];
-    auto tables = [&](int base) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int j = base + T * u;
-            const bool ok = j < dc;
-            b0[u] = ok ? __ldg(s.f.synth_bin + j) : 0;
-            b1[u] = ok ? __ldg(s.f.synth_bin + dc + j) : 0;
-            w0[u] = ok ? __ldg(s.f.synth_weight + j) : 0.f;
-            w1[u] = ok ? __ldg(s.f.synth_weight + dc + j) : 0.f;
-        }
-    };
+    auto tables = [&](int base) { load_synth_entries<U>(s.f, base, T, dc, b0, b1, w0, w1); };
     tables(lane);
     for (int base = lane; base < dc; base += T * U) {
         int c0[U], c1[U];

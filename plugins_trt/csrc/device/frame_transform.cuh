@@ -56,6 +56,22 @@ struct DftItems {
 };
 
 constexpr int kMaxKSteps = 8;  // kp <= 128, i.e. k <= 64 (fq::kMaxFrameBlock)
+// A warp's m16n8 accumulator tile into the rows run0 (lanes' g) and run0 + 8 of out (rows two_k
+// apart, at most rho_c), columns col and col + 1 (lanes' q); nothing past the frame's columns.
+template <typename OutT>
+__device__ __forceinline__ void store_run_tile(const float (&acc)[4], OutT* out, int run0, int col, int two_k,
+                                               int rho_c) {
+    if (col >= two_k) return;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = run0 + 8 * h;
+        if (r < rho_c) {
+            out[r * two_k + col] = from_float<OutT>(acc[2 * h]);
+            out[r * two_k + col + 1] = from_float<OutT>(acc[2 * h + 1]);
+        }
+    }
+}
+
 // KS (analysis, synthesis): the k-steps their registers are sized for, kp <= 16 KS.
 
 // Analysis of one vector u (fp32, padded shared row of length d) into c (length K, global):
@@ -115,18 +131,7 @@ __device__ inline void block_frame_analysis(const FrameParams& p, const float* u
         for (int nt = work.nt_begin(item); nt < work.nt_end(item); ++nt) {
             float acc[4];
             mma_tile(acc, a, dft, pitch, nt, ksteps);
-            const int col = nt * 8 + 2 * q;
-            if (col < two_k) {
-                const int r0 = run0 + g, r1 = run0 + g + 8;
-                if (r0 < p.rho_c) {
-                    c[r0 * two_k + col] = from_float<OutT>(acc[0]);
-                    c[r0 * two_k + col + 1] = from_float<OutT>(acc[1]);
-                }
-                if (r1 < p.rho_c) {
-                    c[r1 * two_k + col] = from_float<OutT>(acc[2]);
-                    c[r1 * two_k + col + 1] = from_float<OutT>(acc[3]);
-                }
-            }
+            store_run_tile(acc, c, run0 + g, nt * 8 + 2 * q, two_k, p.rho_c);
         }
     }
 }
@@ -165,18 +170,7 @@ __device__ inline void block_frame_synthesis(const FrameParams& p, ZLoad zload, 
         for (int nt = work.nt_begin(item); nt < work.nt_end(item); ++nt) {
             float acc[4];
             mma_tile(acc, a, dft_t, pitch, nt, ksteps);
-            const int col = nt * 8 + 2 * q;
-            if (col < two_k) {
-                const int r0 = run0 + g, r1 = run0 + g + 8;
-                if (r0 < p.rho_c) {
-                    runs[r0 * two_k + col] = acc[0];
-                    runs[r0 * two_k + col + 1] = acc[1];
-                }
-                if (r1 < p.rho_c) {
-                    runs[r1 * two_k + col] = acc[2];
-                    runs[r1 * two_k + col + 1] = acc[3];
-                }
-            }
+            store_run_tile(acc, runs, run0 + g, nt * 8 + 2 * q, two_k, p.rho_c);
         }
     }
     __syncthreads();

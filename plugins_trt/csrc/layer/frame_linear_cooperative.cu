@@ -36,6 +36,74 @@ struct CoherentAct {  // frame coefficients written earlier in the same launch: 
 
 __device__ __forceinline__ void prefetch_l2(const void* ptr) { asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr)); }
 
+// Phase 0: the codes towards L2, spread over every thread of the grid (the matmul needs them
+// only after the first barrier).
+__device__ __forceinline__ void prefetch_codes_l2(const PackedMatMulParams& m) {
+    const int gtid = blockIdx.x * blockDim.x + threadIdx.x, gthreads = gridDim.x * blockDim.x;
+    const char* codes = reinterpret_cast<const char*>(m.codes);
+    const int64_t bytes = static_cast<int64_t>(m.out_features) * m.words_per_row * 4;
+    for (int64_t off = static_cast<int64_t>(gtid) * 128; off < bytes; off += static_cast<int64_t>(gthreads) * 128)
+        prefetch_l2(codes + off);
+}
+
+// Phase B: z_s = scale * (codes - zero) c over chunk range s, the (tile, s) items spread over all
+// warps of the grid; z_s is zbuf + s * rows * K_out.
+template <int BITS, int NT>
+__device__ __forceinline__ void splitk_partials(const PackedMatMulParams& m, const __half* cbuf, int rows, int splits,
+                                                int per, float* zbuf) {
+    using L = CodeLayout<BITS>;
+    const int K_out = m.out_features;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int nchunks = (m.words_per_row + L::kChunkWords - 1) / L::kChunkWords;
+    const int ntiles = (K_out + 15) / 16;
+    const int total_warps = gridDim.x * kWarps;
+    const CoherentAct act{cbuf, rows, m.in_features};
+    for (int item = blockIdx.x * kWarps + warp; item < ntiles * splits; item += total_warps) {
+        const int tile = item / splits, split = item % splits;
+        const int row0 = tile * 16, c0 = split * per, c1 = min(nchunks, c0 + per);
+        float* zs = zbuf + static_cast<int64_t>(split) * rows * K_out;
+        float acc[NT][4], xs[NT];
+        // One chunk loaded at a time: batching several (U > 1) was slower here.
+        warp_packed_tile<BITS, NT>(m, row0, act, 0, c0, c1, acc, xs, -1);
+        apply_zero<NT>(m, row0, acc, xs);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int row = row0 + g + 8 * (i >> 1);
+            if (row >= K_out) continue;
+            const float scale = __half2float(m.scale[row]);
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const int tok = nt * 8 + 2 * q + (i & 1);
+                if (tok < rows) zs[static_cast<int64_t>(tok) * K_out + row] = scale * acc[nt][i];
+            }
+        }
+    }
+}
+
+// Phase C's first step: zsum = sum_s z_s for one token, in split order (repeatable results), every
+// load of a thread's batch in flight at once. Syncs before and after.
+__device__ __forceinline__ void sum_partials(const float* z, int64_t split_stride, int splits, int K_out, float* zsum) {
+    __syncthreads();  // the previous token's epilogue is done with zsum
+    for (int base = threadIdx.x; base < K_out; base += kBatch * blockDim.x) {
+        float part[kMaxSplits][kBatch];
+#pragma unroll
+        for (int sp_ = 0; sp_ < kMaxSplits; ++sp_)
+#pragma unroll
+            for (int b = 0; b < kBatch; ++b) {
+                const int i = base + b * blockDim.x;
+                part[sp_][b] = (sp_ < splits && i < K_out) ? __ldcg(z + sp_ * split_stride + i) : 0.f;
+            }
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+            float v = 0.f;
+#pragma unroll
+            for (int sp_ = 0; sp_ < kMaxSplits; ++sp_) v += part[sp_][b];
+            if (base + b * blockDim.x < K_out) zsum[base + b * blockDim.x] = v;
+        }
+    }
+    __syncthreads();
+}
+
 template <int BITS, int NT, typename T>
 __global__ void __launch_bounds__(kThreads)
     fused_frame_linear_kernel(FrameLinearParams p, const T* __restrict__ x, T* y, int rows, __half* cbuf, float* zbuf,
@@ -44,15 +112,8 @@ __global__ void __launch_bounds__(kThreads)
     const PrologueSmem sa(p, smem);
     const EpilogueSmem sc(p, smem + round4(imax(prologue_floats(p), p.matmul.out_features)));
     const int K_in = p.matmul.in_features, K_out = p.matmul.out_features;
-    const int gtid = blockIdx.x * blockDim.x + threadIdx.x, gthreads = gridDim.x * blockDim.x;
 
-    // Phase 0: codes towards L2 (the matmul needs them only after the barrier).
-    {
-        const char* codes = reinterpret_cast<const char*>(p.matmul.codes);
-        const int64_t bytes = static_cast<int64_t>(K_out) * p.matmul.words_per_row * 4;
-        for (int64_t off = static_cast<int64_t>(gtid) * 128; off < bytes; off += static_cast<int64_t>(gthreads) * 128)
-            prefetch_l2(codes + off);
-    }
+    prefetch_codes_l2(p.matmul);  // phase 0
 
     // Phase A: c = T_in^T R_in^T x, one block per token; the same blocks load the epilogue's table.
     if (blockIdx.x < rows) {
@@ -63,61 +124,14 @@ __global__ void __launch_bounds__(kThreads)
         prologue_row(p, x + static_cast<int64_t>(tok) * p.in_dim(), cbuf + static_cast<int64_t>(tok) * K_in, sa);
     grid_barrier(barrier);
 
-    // Phase B: z_s = scale * (codes - zero) c over chunk range s, (tile, s) items over all warps.
-    {
-        using L = CodeLayout<BITS>;
-        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-        const int nchunks = (p.matmul.words_per_row + L::kChunkWords - 1) / L::kChunkWords;
-        const int ntiles = (K_out + 15) / 16;
-        const int total_warps = gridDim.x * kWarps;
-        const CoherentAct act{cbuf, rows, K_in};
-        for (int item = blockIdx.x * kWarps + warp; item < ntiles * splits; item += total_warps) {
-            const int tile = item / splits, split = item % splits;
-            const int row0 = tile * 16, c0 = split * per, c1 = min(nchunks, c0 + per);
-            float* zs = zbuf + static_cast<int64_t>(split) * rows * K_out;
-            float acc[NT][4], xs[NT];
-            // One chunk loaded at a time: batching several (U > 1) was slower here.
-            warp_packed_tile<BITS, NT>(p.matmul, row0, act, 0, c0, c1, acc, xs, -1);
-            apply_zero<NT>(p.matmul, row0, acc, xs);
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int row = row0 + g + 8 * (i >> 1);
-                if (row >= K_out) continue;
-                const float scale = __half2float(p.matmul.scale[row]);
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) {
-                    const int tok = nt * 8 + 2 * q + (i & 1);
-                    if (tok < rows) zs[static_cast<int64_t>(tok) * K_out + row] = scale * acc[nt][i];
-                }
-            }
-        }
-    }
+    splitk_partials<BITS, NT>(p.matmul, cbuf, rows, splits, per, zbuf);  // phase B
     grid_barrier(barrier);
 
     // Phase C: y = R_out T_out z + bias, one block per token.
     const int64_t split_stride = static_cast<int64_t>(rows) * K_out;
     float* zsum = smem;  // the prologue's space, free after phase A
     for (int tok = blockIdx.x; tok < rows; tok += gridDim.x) {
-        const float* z = zbuf + static_cast<int64_t>(tok) * K_out;
-        __syncthreads();  // the previous token's epilogue is done with zsum
-        for (int base = threadIdx.x; base < K_out; base += kBatch * blockDim.x) {
-            float part[kMaxSplits][kBatch];  // every load in flight at once
-#pragma unroll
-            for (int sp_ = 0; sp_ < kMaxSplits; ++sp_)
-#pragma unroll
-                for (int b = 0; b < kBatch; ++b) {
-                    const int i = base + b * blockDim.x;
-                    part[sp_][b] = (sp_ < splits && i < K_out) ? __ldcg(z + sp_ * split_stride + i) : 0.f;
-                }
-#pragma unroll
-            for (int b = 0; b < kBatch; ++b) {
-                float v = 0.f;
-#pragma unroll
-                for (int sp_ = 0; sp_ < kMaxSplits; ++sp_) v += part[sp_][b];
-                if (base + b * blockDim.x < K_out) zsum[base + b * blockDim.x] = v;
-            }
-        }
-        __syncthreads();
+        sum_partials(zbuf + static_cast<int64_t>(tok) * K_out, split_stride, splits, K_out, zsum);
         epilogue_row(p, [zsum](int i) { return zsum[i]; }, y + static_cast<int64_t>(tok) * p.out_dim(), sc);
     }
 }

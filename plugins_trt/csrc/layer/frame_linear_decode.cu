@@ -37,6 +37,82 @@ __host__ __device__ inline int decode_floats(const FrameLinearParams& p, int row
     return imax(front, epilogue_floats(p));
 }
 
+// The block's rows of the layer: tiles [t0, t0 + tiles) of 16 rows, rows [row_begin, row_end).
+struct DecodeSlice {
+    int t0, tiles, row_begin, row_end;
+};
+
+// Phase 1: the slice's codes (contiguous rows) start towards shared memory, one cp.async group,
+// in flight during the prologue. 16-row tiles start 16-byte aligned.
+__device__ __forceinline__ void stage_codes(const PackedMatMulParams& m, const DecodeSlice& b, uint32_t* scodes) {
+    const int wpr = m.words_per_row;
+    const uint32_t* src = m.codes + static_cast<int64_t>(b.row_begin) * wpr;
+    const int n = (b.row_end - b.row_begin) * wpr, n16 = n / 4;
+    for (int i = threadIdx.x; i < n16; i += blockDim.x) cp_async16(scodes + 4 * i, src + 4 * i);
+    for (int i = 4 * n16 + threadIdx.x; i < n; i += blockDim.x) scodes[i] = __ldg(src + i);
+    cp_async_commit();
+}
+
+// Phase 3: each warp's part of every token's activation sum (for the zero points), once per
+// token rather than in every tile. No sync.
+__device__ __forceinline__ void activation_sums(const __half* c, int rows, int K_in, float (*xpart)[kDecodeRows]) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float part[kDecodeRows];
+#pragma unroll
+    for (int t = 0; t < kDecodeRows; ++t) part[t] = 0.f;
+    for (int i = threadIdx.x; i < K_in / 2; i += blockDim.x) {
+#pragma unroll
+        for (int t = 0; t < kDecodeRows; ++t) {
+            if (t < rows) {
+                const float2 v = __half22float2(*reinterpret_cast<const __half2*>(c + t * K_in + 2 * i));
+                part[t] += v.x + v.y;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < kDecodeRows; ++t) {
+        float v = part[t];
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) xpart[warp][t] = v;
+    }
+}
+
+// Phase 4: split-K over the block's warps: warp w takes tile w / S, chunk range w % S, and leaves
+// its 16 x 8 accumulator fragment in red[w * 128 ..]. No sync.
+template <int BITS>
+__device__ __forceinline__ void splitk_tiles(const PackedMatMulParams& m, const DecodeSlice& b, const __half* c,
+                                             int rows, int S, const uint32_t* scodes, float* red) {
+    using L = CodeLayout<BITS>;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int nchunks = (m.words_per_row + L::kChunkWords - 1) / L::kChunkWords, per = (nchunks + S - 1) / S;
+    const int lt = warp / S, split = warp % S;
+    if (lt >= b.tiles) return;
+    float acc[1][4], xs[1];
+    const int row0 = (b.t0 + lt) * 16, c0 = min(nchunks, split * per), c1 = min(nchunks, c0 + per);
+    // xs_tile = 1 (no such tile with NT = 1): the sums come from phase 3.
+    warp_packed_tile<BITS, 1, 1, true>(m, row0, RowAct{c, rows, m.in_features, m.in_features}, 0, c0, c1, acc, xs, 1,
+                                       scodes, b.row_begin);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) red[warp * 128 + i * 32 + lane] = acc[0][i];
+}
+
+// Phase 4, after a sync: z[tok, row] = scale * (sum_s partial_s - zero * xsum[tok]), in split
+// order. D layout: row g + 8 (i >> 1), token 2 q + (i & 1), lane 4 g + q.
+__device__ __forceinline__ void write_z(const PackedMatMulParams& m, const DecodeSlice& b, int rows, int S,
+                                        const float* red, const float* xsum, float* zbuf) {
+    const int K_out = m.out_features, brows = b.tiles * 16;
+    for (int e = threadIdx.x; e < rows * brows; e += blockDim.x) {
+        const int tok = e / brows, r = e % brows, row = b.row_begin + r;
+        if (row >= K_out) continue;
+        const int tile = r >> 4, rr = r & 15;
+        const int idx = ((rr >> 3) * 2 + (tok & 1)) * 32 + (rr & 7) * 4 + (tok >> 1);
+        float sum = 0.f;
+        for (int s_ = 0; s_ < S; ++s_) sum += red[(tile * S + s_) * 128 + idx];
+        zbuf[static_cast<int64_t>(tok) * K_out + row] =
+            __half2float(m.scale[row]) * (sum - __half2float(m.zero[row]) * xsum[tok]);
+    }
+}
+
 template <int BITS, typename T>
 __global__ void __launch_bounds__(kDecodeThreads, 1)
     decode_frame_linear_kernel(FrameLinearParams p, const T* __restrict__ x, T* y, int rows, float* zbuf,
@@ -44,24 +120,19 @@ __global__ void __launch_bounds__(kDecodeThreads, 1)
     extern __shared__ __align__(16) float smem[];
     __shared__ float xsum[kDecodeRows];
     __shared__ float xpart[kDecodeWarps][kDecodeRows];
-    using L = CodeLayout<BITS>;
-    const int K_in = p.matmul.in_features, K_out = p.matmul.out_features, wpr = p.matmul.words_per_row;
+    const int K_in = p.matmul.in_features, K_out = p.matmul.out_features;
     const int ntiles = (K_out + 15) / 16;
-    const int t0 = blockIdx.x * tiles_per_block, nt_b = min(ntiles, t0 + tiles_per_block) - t0;
-    const int row_begin = t0 * 16, row_end = min(K_out, (t0 + nt_b) * 16);
+    DecodeSlice b;
+    b.t0 = blockIdx.x * tiles_per_block;
+    b.tiles = min(ntiles, b.t0 + tiles_per_block) - b.t0;
+    b.row_begin = b.t0 * 16;
+    b.row_end = min(K_out, (b.t0 + b.tiles) * 16);
     uint32_t* scodes = reinterpret_cast<uint32_t*>(smem);
     __half* c = reinterpret_cast<__half*>(smem + decode_code_floats(p, tiles_per_block));
     float* work = smem + decode_code_floats(p, tiles_per_block) + decode_c_floats(p, rows);
     FQ_STAMP(0);
 
-    // 1. This block's codes (contiguous rows) towards shared memory, in flight during step 2.
-    {
-        const uint32_t* src = p.matmul.codes + static_cast<int64_t>(row_begin) * wpr;
-        const int n = (row_end - row_begin) * wpr, n16 = n / 4;  // 16-row tiles start 16-byte aligned
-        for (int i = threadIdx.x; i < n16; i += blockDim.x) cp_async16(scodes + 4 * i, src + 4 * i);
-        for (int i = 4 * n16 + threadIdx.x; i < n; i += blockDim.x) scodes[i] = __ldg(src + i);
-    }
-    cp_async_commit();
+    stage_codes(p.matmul, b, scodes);  // 1.
     FQ_STAMP(1);
 
     // 2. c = T_in^T R_in^T x for every token (each block alike).
@@ -74,43 +145,10 @@ __global__ void __launch_bounds__(kDecodeThreads, 1)
     __syncthreads();
     FQ_STAMP(6);
 
-    // 3. Activation sums (for the zero points), once per token rather than in every tile.
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    {
-        float part[kDecodeRows];
-#pragma unroll
-        for (int t = 0; t < kDecodeRows; ++t) part[t] = 0.f;
-        for (int i = threadIdx.x; i < K_in / 2; i += blockDim.x) {
-#pragma unroll
-            for (int t = 0; t < kDecodeRows; ++t) {
-                if (t < rows) {
-                    const float2 v = __half22float2(*reinterpret_cast<const __half2*>(c + t * K_in + 2 * i));
-                    part[t] += v.x + v.y;
-                }
-            }
-        }
-#pragma unroll
-        for (int t = 0; t < kDecodeRows; ++t) {
-            float v = part[t];
-            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-            if (lane == 0) xpart[warp][t] = v;
-        }
-    }
-
-    // 4. Split-K over the block's warps: warp w takes tile w / S, chunk range w % S.
-    const int S = imax(1, kDecodeWarps / nt_b);
-    const int nchunks = (wpr + L::kChunkWords - 1) / L::kChunkWords, per = (nchunks + S - 1) / S;
-    const int lt = warp / S, split = warp % S;
-    float* red = work;  // the prologue's space is free now
-    if (lt < nt_b) {
-        float acc[1][4], xs[1];
-        const int row0 = (t0 + lt) * 16, c0 = min(nchunks, split * per), c1 = min(nchunks, c0 + per);
-        // xs_tile = 1 (no such tile with NT = 1): the sums come from step 3.
-        warp_packed_tile<BITS, 1, 1, true>(p.matmul, row0, RowAct{c, rows, K_in, K_in}, 0, c0, c1, acc, xs, 1, scodes,
-                                           row_begin);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) red[warp * 128 + i * 32 + lane] = acc[0][i];
-    }
+    activation_sums(c, rows, K_in, xpart);  // 3.
+    const int S = imax(1, kDecodeWarps / b.tiles);
+    float* red = work;                                         // the prologue's space is free now
+    splitk_tiles<BITS>(p.matmul, b, c, rows, S, scodes, red);  // 4.
     FQ_STAMP(7);
     __syncthreads();
     if (threadIdx.x < rows) {
@@ -119,19 +157,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1)
         xsum[threadIdx.x] = v;
     }
     __syncthreads();
-    // z[tok, row] = scale * (sum_s partial_s - zero * xsum[tok]), in split order; D layout:
-    // row g + 8 (i >> 1), token 2 q + (i & 1), lane 4 g + q.
-    const int brows = nt_b * 16;
-    for (int e = threadIdx.x; e < rows * brows; e += blockDim.x) {
-        const int tok = e / brows, r = e % brows, row = row_begin + r;
-        if (row >= K_out) continue;
-        const int tile = r >> 4, rr = r & 15;
-        const int idx = ((rr >> 3) * 2 + (tok & 1)) * 32 + (rr & 7) * 4 + (tok >> 1);
-        float sum = 0.f;
-        for (int s_ = 0; s_ < S; ++s_) sum += red[(tile * S + s_) * 128 + idx];
-        zbuf[static_cast<int64_t>(tok) * K_out + row] =
-            __half2float(p.matmul.scale[row]) * (sum - __half2float(p.matmul.zero[row]) * xsum[tok]);
-    }
+    write_z(p.matmul, b, rows, S, red, xsum, zbuf);
 
     // 5. The last block to arrive runs the epilogue.
     FQ_STAMP(8);

@@ -92,6 +92,36 @@ inline bool stageable_rows(const void* base, int64_t len, int64_t stride, int el
            (reinterpret_cast<uintptr_t>(base) & 3) == 0;
 }
 
+// The staged kernels' rows: row r of src (ld apart) is copied into one of two shared buffers by
+// cp.async while the block works on the row before it. start() issues the block's first row (one
+// cp.async group; the caller may stage tables after it); for_each(body) runs body(row, staged row)
+// for the block's rows, after a barrier, so every thread sees the row and the previous body is
+// done with the shared memory it used. A buffer is refilled only after the barrier that follows
+// its last read.
+template <typename T> struct StagedRows {
+    const T* src;
+    int64_t ld, rows;
+    float* buf0;
+    int buf_floats, words;
+    __device__ float* buf(int i) const { return buf0 + i * buf_floats; }
+    __device__ void start() const {
+        if (blockIdx.x < rows) stage_words(buf(0), src + blockIdx.x * ld, words);
+        cp_async_commit();
+    }
+    template <typename Body> __device__ void for_each(Body body) const {
+        int b = 0;
+        for (int64_t row = blockIdx.x; row < rows; row += gridDim.x, b ^= 1) {
+            const int64_t next = row + gridDim.x;
+            if (next < rows) stage_words(buf(b ^ 1), src + next * ld, words);
+            cp_async_commit();
+            cp_async_wait<1>();  // this row (and, at first, the tables) arrived
+            __syncthreads();     // ... for every thread
+            body(row, reinterpret_cast<const T*>(buf(b)));
+        }
+        cp_async_wait_all();
+    }
+};
+
 template <typename T, bool kStaged, int KS = kMaxKSteps, int THREADS = kThreads>
 __global__ void __launch_bounds__(THREADS, kStaged ? 2 * kThreads / THREADS : 1)
     prologue_kernel(FrameLinearParams p, const T* __restrict__ x, T* c, int64_t ldc, int64_t rows, bool tables) {
@@ -121,23 +151,14 @@ __global__ void __launch_bounds__(THREADS, kStaged ? 2 * kThreads / THREADS : 1)
             q.frame_in.gather_index = reinterpret_cast<const int32_t*>(smem + st.idx);
             q.frame_in.gather_weight = smem + st.weight;
         }
-        auto buf = [&](int i) { return smem + st.buf + i * st.buf_floats; };
         const bool fold = p.has_rotation_in && p.has_frame_in;
         const SignFold signs = fold ? SignFold{reinterpret_cast<const uint32_t*>(q.rotation_in.signs),
                                                rotation_fold_scale(p.rotation_in, true)}
                                     : SignFold{};
-        if (blockIdx.x < rows) stage_words(buf(0), x + blockIdx.x * d, st.words);
-        cp_async_commit();
+        const StagedRows<T> staged{x, d, rows, smem + st.buf, st.buf_floats, st.words};
+        staged.start();
         if (p.has_frame_in) load_dft(p.frame_in.dft, s.dft, p.frame_in.kp);
-        int b = 0;
-        for (int64_t row = blockIdx.x; row < rows; row += gridDim.x, b ^= 1) {
-            const int64_t next = row + gridDim.x;
-            // buf(b ^ 1) was last read before the previous row's first barrier.
-            if (next < rows) stage_words(buf(b ^ 1), x + next * d, st.words);
-            cp_async_commit();
-            cp_async_wait<1>();  // this row (and, at first, the tables) arrived
-            __syncthreads();     // ... for every thread; the previous row is done with s.u
-            const T* xr = reinterpret_cast<const T*>(buf(b));
+        staged.for_each([&](int64_t row, const T* xr) {  // the previous row is done with s.u
             for (int i = threadIdx.x; i < d; i += blockDim.x) s.u[sp(i)] = to_float(xr[i]);
             // With both steps, the rotation's signs and scale go with the analysis' gathers.
             if (p.has_rotation_in)
@@ -148,8 +169,7 @@ __global__ void __launch_bounds__(THREADS, kStaged ? 2 * kThreads / THREADS : 1)
                 block_frame_analysis<T, true, KS>(q.frame_in, s.u, c + row * ldc, s.dft, false, signs);
             else
                 store_row(c + row * ldc, p.matmul.in_features, s.u);
-        }
-        cp_async_wait_all();
+        });
     }
 }
 
@@ -184,22 +204,12 @@ __global__ void __launch_bounds__(THREADS, kStaged ? 2 * kThreads / THREADS : 1)
                 q.rotation_out.dct = smem + st.dct;
             }
         }
-        auto buf = [&](int i) { return smem + st.buf + i * st.buf_floats; };
-        if (blockIdx.x < rows) stage_words(buf(0), z + blockIdx.x * ldz, st.words);
-        cp_async_commit();
+        const StagedRows<T> staged{z, ldz, rows, smem + st.buf, st.buf_floats, st.words};
+        staged.start();
         if (p.has_frame_out) load_dft(p.frame_out.dft_t, s.dft_t, p.frame_out.kp);
-        int b = 0;
-        for (int64_t row = blockIdx.x; row < rows; row += gridDim.x, b ^= 1) {
-            const int64_t next = row + gridDim.x;
-            // buf(b ^ 1) was last read before a barrier of the previous row.
-            if (next < rows) stage_words(buf(b ^ 1), z + next * ldz, st.words);
-            cp_async_commit();
-            cp_async_wait<1>();
-            __syncthreads();
-            const T* zr = reinterpret_cast<const T*>(buf(b));
+        staged.for_each([&](int64_t row, const T* zr) {
             epilogue_row<true, KS>(q, [zr](int i) { return to_float(zr[i]); }, y + row * d, s);
-        }
-        cp_async_wait_all();
+        });
     }
 }
 
