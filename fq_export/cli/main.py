@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -67,22 +68,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(SystemExit):
-    """Raised by the SIGTERM/SIGHUP handler, so that every ``finally`` block (temporaries) runs."""
-
-    def __init__(self, signum: int):
-        super().__init__(128 + signum)
-        self.signum = signum
+#: the folders of the running command's outputs, where its temporaries live (set by ``main``)
+_OUTPUT_FOLDERS: list[Path] = []
 
 
 def _on_signal(signum, _frame):
-    raise Terminated(signum)
+    """SIGINT, SIGTERM, SIGHUP: remove this process's temporaries, say so in one line, and exit at
+    once with 128 + the signal's number.
+
+    The handler finishes the run itself rather than raising an exception into the interrupted
+    code: an exception raised while Python runs a ``__del__`` or a weakref callback is printed and
+    dropped, and the run would carry on. Outputs are written to temporaries and renamed into place,
+    so an exit at any point leaves ``--out`` either as it was or complete.
+    """
+    from fq_export.files import remove_own_temporaries
+
+    remove_own_temporaries(_OUTPUT_FOLDERS)
+    name = signal.Signals(signum).name
+    verb = "interrupted" if signum == signal.SIGINT else "terminated"
+    message = f"fq-export: {verb} ({name}); its temporary files were removed\n"
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, RuntimeError):  # closed, or the handler interrupted a write
+            pass
+    os.write(2, message.encode())
+    os._exit(128 + signum)
 
 
 @contextlib.contextmanager
-def signals_as_exceptions():
-    """SIGTERM and SIGHUP raise ``Terminated``, SIGINT ``KeyboardInterrupt`` (unless ignored), for the
-    block; the previous handlers come back afterwards. Only the main thread can install them."""
+def signals_handled(folders: list[Path]):
+    """For the block, SIGINT (unless ignored), SIGTERM and SIGHUP end the run cleanly
+    (:func:`_on_signal`); the previous handlers come back afterwards. Only the main thread can
+    install them."""
+    _OUTPUT_FOLDERS[:] = folders
     previous = {}
     try:
         for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None), signal.SIGINT):
@@ -92,7 +111,7 @@ def signals_as_exceptions():
             if current is signal.SIG_IGN:
                 continue  # e.g. SIGINT of a background job: leave it ignored
             previous[sig] = current
-            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else _on_signal)
+            signal.signal(sig, _on_signal)
     except ValueError:  # not the main thread
         pass
     try:
@@ -100,6 +119,7 @@ def signals_as_exceptions():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _OUTPUT_FOLDERS.clear()
 
 
 def _error(message: str, code: int = EXIT_BAD_INPUT) -> int:
@@ -131,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     from fq_export.checkpoint import CheckpointError
     from fq_export.models.base import UnknownModelError
 
-    with signals_as_exceptions():
+    paths = [getattr(args, key, None) for key in ("out", "json", "report")]
+    with signals_handled([Path(p).resolve().parent for p in paths if p]):
         try:
             check_numbers(args)
             check_device(getattr(args, "device", None))
@@ -147,22 +168,9 @@ def main(argv: list[str] | None = None) -> int:
             if type(exc).__name__ != "ConversionError":  # converters.rewrite: a graph it cannot rewrite
                 raise
             return _error(f"ONNX conversion failed: {one_line(exc)}", EXIT_CONVERSION)
-        except KeyboardInterrupt:
-            _remove_own_temporaries(args)
-            print("fq-export: interrupted (SIGINT); its temporary files were removed", file=sys.stderr)
+        except KeyboardInterrupt:  # SIGINT while its handler was not installed (another thread)
+            print("fq-export: interrupted", file=sys.stderr)
             return 130
-        except Terminated as exc:
-            _remove_own_temporaries(args)
-            name = signal.Signals(exc.signum).name
-            print(f"fq-export: terminated ({name}); its temporary files were removed", file=sys.stderr)
-            return 128 + exc.signum
-
-
-def _remove_own_temporaries(args) -> None:
-    from fq_export.files import remove_own_temporaries
-
-    paths = [getattr(args, key, None) for key in ("out", "json", "report")]
-    remove_own_temporaries(Path(p).resolve().parent for p in paths if p)
 
 
 if __name__ == "__main__":
