@@ -31,8 +31,12 @@ def _first(out):
 class _Tunable:
     """One layer's offsets; ``apply()`` puts the differentiable ``D_hat`` and bias in place."""
 
-    def __init__(self, layer: FrameQuantLinear):
+    def __init__(self, layer: FrameQuantLinear, dense: bool):
         self.layer = layer
+        # dense: the step's W_hat = P_out D_hat P_in^T, two products per layer and step (cost set
+        # by the layer's size); else the five steps per call (cost set by the activations, many
+        # small operations). Both are differentiable in the offsets and give the same W_hat.
+        self.bases = layer.bases_dense() if dense else None
         self.scale0 = layer.scale.detach().to(torch.float32)
         self.zero0 = layer.zero.detach().to(torch.float32)
         self.bias0 = None if layer.bias is None else layer.bias.detach().clone()
@@ -50,11 +54,15 @@ class _Tunable:
         return scale, zero, bias
 
     def apply(self) -> None:
-        """The layer runs its five fast steps on a ``D_hat`` that is differentiable in the offsets
-        (cost proportional to the activations, not to a dense weight)."""
+        """Put a ``W_hat`` (dense) or ``D_hat`` (five steps) differentiable in the offsets in place."""
         scale, zero, bias = self.values()
-        self.layer.use_dense_weight(None)
-        self.layer._dequantized = self.layer.dequantized_codes(scale, zero)
+        d_hat = self.layer.dequantized_codes(scale, zero)
+        if self.bases is not None:
+            p_out, p_in = self.bases
+            self.layer.use_dense_weight(p_out @ d_hat @ p_in.T)
+        else:
+            self.layer.use_dense_weight(None)
+            self.layer._dequantized = d_hat
         if bias is not None:
             self.layer.bias = bias
 
@@ -79,17 +87,21 @@ def _relative_error(block: nn.Module, inputs: list[tuple], targets: list[torch.T
 
 
 def finetune_block(block: nn.Module, inputs: list[tuple], targets: list[torch.Tensor], steps: int,
-                   batches_per_step: int = 8, lr: float = LEARNING_RATE, seed: int = 0) -> tuple[float, float]:
+                   batches_per_step: int = 8, lr: float = LEARNING_RATE, seed: int = 0,
+                   dense: bool = True) -> tuple[float, float]:
     """Tune the grids of the ``FrameQuantLinear`` layers inside ``block`` for ``steps`` Adam steps.
 
     ``inputs``: the block's ``(args, kwargs)`` per calibration batch; ``targets``: the output it
     should give for each. Each step averages ``batches_per_step`` batches. Returns the relative
     squared error over all batches before and after; a tuning that ends worse is undone.
+    ``dense``: each step builds the layers' dense ``W_hat`` (the default: on a GPU the five steps'
+    many small operations cost several times more; on a CPU it is no slower); ``False`` runs the
+    five steps instead (the same values up to rounding).
     """
     layers = [m for m in block.modules() if isinstance(m, FrameQuantLinear)]
     if steps <= 0 or not layers:
         return float("nan"), float("nan")
-    tunables = [_Tunable(layer) for layer in layers]
+    tunables = [_Tunable(layer, dense) for layer in layers]
     params = [p for t in tunables for p in t.parameters()]
     everything = range(len(inputs))
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """Group-wise grids, block-wise fine-tuning, the bit budget and the packaged corpora."""
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -89,8 +90,9 @@ def test_grouped_layer_stores_and_counts_its_groups(method):
     torch.testing.assert_close(layer(x).double(), x.double() @ w_hat.T, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("dense", [True, False])
 @pytest.mark.parametrize("group_size", [None, 32])
-def test_finetune_lowers_block_error_and_keeps_codes(group_size):
+def test_finetune_lowers_block_error_and_keeps_codes(group_size, dense):
     torch.manual_seed(0)
     block = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64))
     inputs = [((torch.randn(4, 10, 64),), {}) for _ in range(8)]
@@ -104,7 +106,7 @@ def test_finetune_lowers_block_error_and_keeps_codes(group_size):
                                        QuantConfig(method="framequant", group_size=group_size), f"b{i}")
             block[i] = layer
     codes = [block[i].packed_codes.clone() for i in (0, 2)]
-    before, after = finetune.finetune_block(block, inputs, targets, steps=60, batches_per_step=4)
+    before, after = finetune.finetune_block(block, inputs, targets, steps=60, batches_per_step=4, dense=dense)
     assert after < 0.95 * before
     for i, c in zip((0, 2), codes):
         assert torch.equal(block[i].packed_codes, c)
@@ -115,10 +117,13 @@ def test_finetune_lowers_block_error_and_keeps_codes(group_size):
     assert err == pytest.approx(after, rel=1e-3)
 
 
-def test_finetune_runs_the_layer_on_its_tuned_grid():
+@pytest.mark.parametrize("dense", [True, False])
+def test_finetune_runs_the_layer_on_its_tuned_grid(dense):
+    """Both ways of running a step (dense ``W_hat``, or the five steps) give the layer the tuned
+    grid's function, against a float64 reference of ``P_out D_hat P_in^T``."""
     w, h = _problem(rows=40, cols=120)
     layer, _ = quantize_linear(w.float(), torch.randn(40), h, QuantConfig(redundancy=1.1), "t")
-    tunable = finetune._Tunable(layer)
+    tunable = finetune._Tunable(layer, dense)
     with torch.no_grad():
         for p in tunable.parameters():
             p.normal_(0, 0.05)
@@ -184,3 +189,22 @@ def test_cuda_kernels_refuse_group_wise_layers():
     layer, _ = quantize_linear(w.float(), None, h, QuantConfig(group_size=32), "g")
     with pytest.raises(ValueError, match="one scale and zero per row"):
         KernelLinear(layer)
+
+
+def test_finetune_paths_give_the_same_gradients():
+    """The dense step and the five-step step are one function of the offsets: same gradients."""
+    w, h = _problem(rows=40, cols=120)
+    layer, _ = quantize_linear(w.float(), torch.randn(40), h, QuantConfig(redundancy=1.1), "t")
+    x = torch.randn(6, 120)
+    grads = []
+    for dense in (True, False):
+        tunable = finetune._Tunable(copy.deepcopy(layer), dense)
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(1)
+            for p in tunable.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        tunable.apply()
+        (tunable.layer(x) ** 2).sum().backward()
+        grads.append([p.grad.clone() for p in tunable.parameters()])
+    for a, b in zip(*grads):  # float32 sums in another order
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))
