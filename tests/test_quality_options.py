@@ -208,3 +208,20 @@ def test_finetune_paths_give_the_same_gradients():
         grads.append([p.grad.clone() for p in tunable.parameters()])
     for a, b in zip(*grads):  # float32 sums in another order
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))
+
+
+def test_default_finetune_steps_follow_device_and_model_size():
+    from types import SimpleNamespace
+
+    from fq_export import pipeline
+
+    def adapter(width: int, blocks: int):
+        return SimpleNamespace(blocks=[(f"b{i}", nn.Sequential(nn.Linear(width, width, bias=False)))
+                                       for i in range(blocks)])
+
+    small = adapter(64, 2)  # 8k weights
+    big = SimpleNamespace(blocks=small.blocks * (pipeline.CPU_FINETUNE_MAX_WEIGHTS // (2 * 64 * 64) + 1))
+    assert pipeline.default_finetune_steps("cpu", small) == pipeline.CPU_FINETUNE_STEPS
+    assert pipeline.default_finetune_steps("cpu", big) == 0
+    assert pipeline.default_finetune_steps("cpu") == 0
+    assert pipeline.default_finetune_steps("cuda", big) == pipeline.DEFAULT_FINETUNE_STEPS

@@ -228,7 +228,7 @@ def _quantize(args):
     batches, where = calibration_batches(adapter, args.calib, args.calib_samples, args.seed, window=args.window)
     check_calibration(args, batches)
     start = time.perf_counter()
-    steps = default_finetune_steps(args.device) if args.finetune_steps is None else args.finetune_steps
+    steps = default_finetune_steps(args.device, adapter) if args.finetune_steps is None else args.finetune_steps
     stats = quantize(adapter, config, batches, progress=not args.no_progress, finetune_steps=steps,
                      budget_bits=args.budget_bits)
     seconds = time.perf_counter() - start
