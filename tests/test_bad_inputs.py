@@ -390,6 +390,10 @@ CASES = {
                            ["holds 1 sentences", "--calib-samples"]),
     "calib-missing": (["quantize", "--calib", "{out}/nothing.txt", "--out", "{out}/x.safetensors"],
                       ["nothing.txt", "does not exist"]),
+    "calib-unknown-corpus": (["quantize", "--calib", "corpus:docstrings+nope", "--out", "{out}/x.safetensors"],
+                             ["--calib", "unknown corpus 'nope'"]),
+    "calib-corpus-for-vit": (["quantize", "--model", "vit-s", "--random-weights", "--calib", "corpus:flatland",
+                              "--out", "{out}/x.safetensors"], ["--calib corpus:flatland is text", "image folder"]),
     "layer-error-calib-binary": (["layer-error", "--calib", "{binary}", "--json", "{out}/x.json"],
                                  ["not a text file"]),
     # evaluation data

@@ -28,14 +28,15 @@ def test_layer_error_on_minilm_subset(tmp_path, capsys):
 
 
 def test_quantize_eval_roundtrip_is_deterministic(tmp_path):
-    args = ["quantize", "--model", "minilm", "--r", "1.1", "--bits", "2", "--calib-samples", "8", "--seed", "3",
-            "--finetune-steps", "0", "--no-progress"]
+    args = ["quantize", "--model", "minilm", "--r", "1.1", "--bits", "2", "--calib", "corpus:docstrings+flatland",
+            "--calib-samples", "8", "--seed", "3", "--finetune-steps", "0", "--no-progress"]
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     assert run_cli(*args, "--out", a, "--report", tmp_path / "a.json") == 0
     assert run_cli(*args, "--out", b) == 0
     assert a.read_bytes() == b.read_bytes()
     report = json.loads((tmp_path / "a.json").read_text())
     assert report["totals"]["quantized_layers"] == 36 and 2.0 < report["totals"]["effective_bits"] < 3.0
+    assert report["calibration"] == {"source": "corpus:docstrings+flatland:calib", "samples": 8}
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("sentence1\tsentence2\tscore\n"
                      "A man is playing a guitar.\tA man plays the guitar.\t5.0\n"

@@ -176,10 +176,19 @@ def check_calibration_source(args) -> None:
     (causal LMs count token windows, which needs the tokenizer: ``check_calibration`` does that)."""
     if not getattr(args, "calib", None) or args.calib.startswith("hf:"):
         return
+    from calib import corpora
     from calib import text as text_data
     from fq_export.models.registry import model_family
 
     family = model_family(args.model) if args.model else None
+    if args.calib.startswith(corpora.PREFIX):  # packaged text: the names checked, the counts after loading
+        try:
+            corpora.parse(args.calib)
+        except corpora.CorpusError as exc:
+            raise UserError(f"--calib: {exc}") from None
+        if family == "vit":
+            raise UserError(f"--calib {args.calib} is text; {args.model} is a vision model: pass an image folder")
+        return
     if family == "vit":
         from calib.images import list_images
 
