@@ -39,7 +39,7 @@ from fq_export.cli.evaluate import embed, perplexity, read_pairs  # noqa: E402
 from fq_export.config import QuantConfig  # noqa: E402
 from fq_export.io import markdown_table, write_json, write_text  # noqa: E402
 from fq_export.models import load_model  # noqa: E402
-from fq_export.pipeline import DEFAULT_FINETUNE_STEPS, dense_weights, quantize  # noqa: E402
+from fq_export.pipeline import default_finetune_steps, dense_weights, quantize  # noqa: E402
 
 OUT_OF_DOMAIN = "bbc-news"
 
@@ -100,7 +100,7 @@ class Evaluator:
 
 def run(name: str, args) -> list[dict]:
     base = load_model(name, device=args.device)
-    steps = DEFAULT_FINETUNE_STEPS if args.finetune_steps is None else args.finetune_steps
+    steps = default_finetune_steps(args.device, base) if args.finetune_steps is None else args.finetune_steps
     sources = args.calib.split(",")
     evaluator = Evaluator(base, sources[0], args)
     results = [{"model": name, "method": "full precision", "effective_bits": 32.0, "seconds": 0.0,
