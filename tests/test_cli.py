@@ -1,5 +1,6 @@
 """The command line as a user runs it, on the packaged all-MiniLM-L6-v2 and offline text."""
 import json
+import os
 import subprocess
 import sys
 
@@ -94,3 +95,26 @@ def test_layers_import_one_way():
     assert imports["common"] <= set(), imports["common"]
     for sub in ("layer_error", "quantize", "eval", "export", "evaluate"):
         assert imports[sub] <= {"common", "evaluate"}, (sub, imports[sub])
+
+
+def test_readme_main_command_runs_in_an_empty_folder(tmp_path):
+    """Command 1 of the README, from its ``mkdir`` on, in an empty folder (a fresh clone has no
+    ``out/``): exit 0, the ONNX file and a report whose validation passed. Calibration and
+    validation are cut short by options appended after the README's own."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    line = next(ln for ln in readme.splitlines() if ln.startswith("pip install") and "fq-export " in ln)
+    steps = [shlex.split(part) for part in re.split(r"\s*&&\s*", line)]
+    assert [s[0] for s in steps][-2:] == ["mkdir", "fq-export"], steps
+    assert subprocess.run(steps[-2], cwd=tmp_path).returncode == 0
+    args = steps[-1][1:] + ["--calib-samples", "8", "--finetune-steps", "0", "--validate-samples", "2", "--no-progress"]
+    out = subprocess.run([sys.executable, "-m", "fq_export.cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.returncode == 0, out.stderr[-2000:]
+    onnx_out = tmp_path / args[args.index("--out") + 1]
+    report = json.loads((tmp_path / args[args.index("--report") + 1]).read_text())
+    assert onnx_out.stat().st_size > 1_000_000
+    assert report["passed"] is True and report["cosine"] > 0.9999 and report["rejected_path"] is None
