@@ -93,6 +93,17 @@ class SideBasis:
             z = self.rotation.forward(z)
         return z
 
+    def dense_tensor(self, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dense ``P`` (``dim x size``) as a tensor built on ``device`` in ``dtype``: the frame's
+        cached table moved there, the rotation applied there (on a GPU, milliseconds)."""
+        if self.frame is not None:
+            t = torch.as_tensor(self.frame.dense_cached(), device=device).to(dtype)
+        else:
+            t = torch.eye(self.dim, device=device, dtype=dtype)
+        if self.rotation is not None:
+            t = self.rotation.forward(t.T.contiguous()).T
+        return t
+
     def dense(self) -> np.ndarray:
         """Dense ``P`` (``dim x size``, float64)."""
         t = self.frame.dense_cached() if self.frame is not None else np.eye(self.dim)

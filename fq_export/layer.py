@@ -108,8 +108,7 @@ class FrameQuantLinear(nn.Module):
     def bases_dense(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(P_out, P_in)`` as dense float32 tensors on the layer's device."""
         device = self.packed_codes.device
-        return (torch.as_tensor(self.out_basis.dense(), dtype=torch.float32, device=device),
-                torch.as_tensor(self.in_basis.dense(), dtype=torch.float32, device=device))
+        return self.out_basis.dense_tensor(device), self.in_basis.dense_tensor(device)
 
     def use_dense_weight(self, weight: torch.Tensor | bool | None) -> None:
         """Run ``forward`` as one dense product with ``W_hat`` (``True``: computed from the stored

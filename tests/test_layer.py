@@ -123,3 +123,15 @@ def test_config_validation():
     with pytest.raises(ValueError, match="redundancy"):
         QuantConfig(redundancy=0.5)
     assert QuantConfig.from_dict(QuantConfig(redundancy=1.2).to_dict()) == QuantConfig(redundancy=1.2)
+
+
+@pytest.mark.parametrize("dim, rotate, r", [(384, True, 1.1), (640, True, 1.1), (256, False, 1.1), (384, True, None)])
+def test_dense_tensor_matches_the_float64_basis(dim, rotate, r):
+    """``SideBasis.dense_tensor`` (float32, built where the layer lives) is the float64 ``P``."""
+    from fq_export.basis import SideRecipe
+
+    basis = SideBasis(SideRecipe.make(dim, rotate, r, 11))
+    reference = basis.dense()
+    got = basis.dense_tensor("cpu")
+    assert got.dtype == torch.float32 and tuple(got.shape) == reference.shape
+    np.testing.assert_allclose(got.double().numpy(), reference, rtol=0, atol=1e-6)
