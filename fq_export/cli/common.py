@@ -45,7 +45,8 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
                    help="a scale and zero per group of this many frame-space columns (default: one per row)")
     p.add_argument("--finetune-steps", type=int, default=None,
                    help="after each block is quantized, tune its scales and zeros (codes fixed) for this many "
-                        "steps to match the full-precision block's output (default: 100 on a GPU, 0 on a CPU)")
+                        "steps to match the full-precision block's output (default: 100 on a GPU; on a CPU 50 "
+                        "for models of up to 50M block weights, else 0)")
     p.add_argument("--budget-bits", type=float,
                    help="choose each layer's bits, r and side from measured sensitivity so that the model's "
                         "effective bits stay at or under this budget (overrides --bits, --r and --side)")
