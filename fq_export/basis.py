@@ -95,7 +95,8 @@ class SideBasis:
 
     def dense_tensor(self, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Dense ``P`` (``dim x size``) as a tensor built on ``device`` in ``dtype``: the frame's
-        cached table moved there, the rotation applied there (on a GPU, milliseconds)."""
+        cached table moved there, the rotation applied there (on a GPU, milliseconds). ``dense`` stays
+        the float64 numpy build that tests hold it against."""
         if self.frame is not None:
             t = torch.as_tensor(self.frame.dense_cached(), device=device).to(dtype)
         else:

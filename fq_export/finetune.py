@@ -58,22 +58,28 @@ class _Tunable:
         scale, zero, bias = self.values()
         d_hat = self.layer.dequantized_codes(scale, zero)
         if self.bases is not None:
-            p_out, p_in = self.bases
-            self.layer.use_dense_weight(p_out @ d_hat @ p_in.T)
+            self.layer.use_dense_weight(self._w_hat(d_hat))
         else:
             self.layer.use_dense_weight(None)
             self.layer._dequantized = d_hat
         if bias is not None:
             self.layer.bias = bias
 
+    def _w_hat(self, d_hat: torch.Tensor) -> torch.Tensor:
+        p_out, p_in = self.bases
+        return p_out @ d_hat @ p_in.T
+
     def commit(self) -> None:
-        """Store the tuned values (fp16 scale and zero, as the format keeps them)."""
+        """Store the tuned values (fp16 scale and zero, as the format keeps them); the pipeline's
+        later passes run the stored grid's ``W_hat`` as one product (built once, from the bases
+        already at hand)."""
         with torch.no_grad():
             scale, zero, bias = self.values()
             if bias is not None:
                 self.layer.bias = bias.detach().clone()
+            self.layer.use_dense_weight(None)  # set_grid then refreshes D_hat only
             self.layer.set_grid(scale, zero)
-            self.layer.use_dense_weight(True)  # the pipeline's later passes run W_hat as one product
+            self.layer.use_dense_weight(True if self.bases is None else self._w_hat(self.layer._dequantized))
 
 
 def _relative_error(block: nn.Module, inputs: list[tuple], targets: list[torch.Tensor], indices) -> torch.Tensor:
