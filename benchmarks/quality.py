@@ -10,7 +10,8 @@ cosine to full precision and top-10 neighbour agreement per source, and the Spea
 on the STS-B test pairs (human scores). SmolLM2: perplexity per source. Rows: the per-row
 baselines (RTN, GPTQ, QuIP, QuIP+clip), group-wise GPTQ and RTN (RTN with groups of 32 is
 onnxruntime's own weight-only quantizer's math), FrameQuant at r 1.0 / 1.1 both / 1.1 input, with
-and without block-wise fine-tuning, and under a bit budget; for MiniLM also onnxruntime's own
+and without fine-tuning ("+ ftN": N block-wise steps per block, then N end-to-end steps, as
+``--finetune-steps N`` does), and under a bit budget; for MiniLM also onnxruntime's own
 2-bit and 4-bit exports of the fp32 ONNX, evaluated in onnxruntime. ``--calib-sweep`` runs the
 default recipe once per extra calibration source (how the default source was chosen). Writes
 ``quality_<model>.{json,md,png}``.
@@ -123,7 +124,7 @@ def run(name: str, args) -> list[dict]:
         config = QuantConfig(**{"bits": 2, **row["config"]})
         start = time.perf_counter()
         quantize(adapter, config, batches_by_source[source], progress=False, finetune_steps=row["steps"],
-                 budget_bits=row["budget"])
+                 e2e_steps=row["steps"], budget_bits=row["budget"])
         seconds = time.perf_counter() - start
         with dense_weights(adapter.model):
             figures = evaluator(adapter=adapter)

@@ -8,10 +8,17 @@ unquantized stream of activations), which also corrects error carried in from ea
 The codes, the recipes and the checkpoint format do not change, so every export form still
 applies. The parameterisation is ``scale = s0 exp(a)``, ``zero = z0 + b``, ``bias = b0 + c``, with
 ``a, b, c`` starting at zero and tuned by Adam on the relative squared error of the block output.
+
+:func:`finetune_chain` then tunes every block's offsets at once, end to end, against the
+full-precision model's last block output (for a causal LM: the KL divergence of the next-token
+distributions that the model's head gives both). A step runs its batches as one stacked batch
+when their shapes agree (equal-length windows), and lets float32 products run in TF32 on GPUs.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -37,6 +44,7 @@ class _Tunable:
         # by the layer's size); else the five steps per call (cost set by the activations, many
         # small operations). Both are differentiable in the offsets and give the same W_hat.
         self.bases = layer.bases_dense() if dense else None
+        self.codes = layer.codes().to(torch.float32)  # unpacked once, not at every step
         self.scale0 = layer.scale.detach().to(torch.float32)
         self.zero0 = layer.zero.detach().to(torch.float32)
         self.bias0 = None if layer.bias is None else layer.bias.detach().clone()
@@ -56,7 +64,7 @@ class _Tunable:
     def apply(self) -> None:
         """Put a ``W_hat`` (dense) or ``D_hat`` (five steps) differentiable in the offsets in place."""
         scale, zero, bias = self.values()
-        d_hat = self.layer.dequantized_codes(scale, zero)
+        d_hat = self.layer.dequantized_codes(scale, zero, self.codes)
         if self.bases is not None:
             self.layer.use_dense_weight(self._w_hat(d_hat))
         else:
@@ -82,14 +90,90 @@ class _Tunable:
             self.layer.use_dense_weight(True if self.bases is None else self._w_hat(self.layer._dequantized))
 
 
-def _relative_error(block: nn.Module, inputs: list[tuple], targets: list[torch.Tensor], indices) -> torch.Tensor:
+def _stack(items: list[tuple]) -> tuple | None:
+    """Several batches' ``(args, kwargs)`` as one batch: tensors of batch size 1 concatenated,
+    everything else equal across them; ``None`` where they do not stack (lengths differ)."""
+    def merge(values):
+        first = values[0]
+        if torch.is_tensor(first):
+            if not all(torch.is_tensor(v) and v.shape == first.shape for v in values):
+                raise ValueError
+            if first.dim() and first.shape[0] == 1:
+                return torch.cat(values)
+            if all(torch.equal(v, first) for v in values[1:]):
+                return first
+            raise ValueError
+        if isinstance(first, (tuple, list)):
+            if not all(isinstance(v, type(first)) and len(v) == len(first) for v in values):
+                raise ValueError
+            return type(first)(merge([v[i] for v in values]) for i in range(len(first)))
+        if isinstance(first, dict):
+            if not all(isinstance(v, dict) and v.keys() == first.keys() for v in values):
+                raise ValueError
+            return {k: merge([v[k] for v in values]) for k in first}
+        if all(v is first or v == first for v in values):
+            return first
+        raise ValueError
+    if len(items) == 1:
+        return items[0]
+    try:
+        return merge([args for args, _ in items]), merge([kwargs for _, kwargs in items])
+    except (ValueError, RuntimeError):
+        return None
+
+
+def relative_squared_error(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum |out - target|^2, sum |target|^2)``: summed over batches, their ratio is the loss."""
+    return (out - target).pow(2).sum(), target.pow(2).sum()
+
+
+def next_token_kl(head: Callable[[torch.Tensor], torch.Tensor]):
+    """``(sum over tokens of KL(teacher || model), tokens)``, with the model's head (final norm
+    and output layer) turning the last block's output and the target into next-token logits."""
+    def terms(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            teacher = torch.log_softmax(head(target).to(torch.float32), dim=-1)
+        student = torch.log_softmax(head(out).to(torch.float32), dim=-1)
+        kl = torch.nn.functional.kl_div(student.flatten(0, -2), teacher.flatten(0, -2), log_target=True,
+                                        reduction="sum")
+        return kl, torch.tensor(float(teacher[..., 0].numel()), device=kl.device)
+    return terms
+
+
+def _loss(run, inputs: list[tuple], targets: list[torch.Tensor], indices: list[int], terms,
+          group: int) -> torch.Tensor:
+    """The loss over ``indices``, run ``group`` batches at a time (stacked where they stack)."""
     num = den = 0.0
-    for i in indices:
-        args, kwargs = inputs[i]
-        out = _first(block(*args, **kwargs)).to(torch.float32)
-        num = num + (out - targets[i]).pow(2).sum()
-        den = den + targets[i].pow(2).sum()
+    for start in range(0, len(indices), group):
+        chunk = indices[start:start + group]
+        stacked = _stack([inputs[i] for i in chunk])
+        calls = [(stacked, torch.cat([targets[i] for i in chunk]))] if stacked is not None else \
+            [(inputs[i], targets[i]) for i in chunk]
+        for (args, kwargs), target in calls:
+            n, d = terms(_first(run(*args, **kwargs)).to(torch.float32), target)
+            num, den = num + n, den + d
     return num / den
+
+
+@contextlib.contextmanager
+def _tf32():
+    """Float32 products in TF32 (GPUs) while steps run: gradients need no more."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _chain(blocks: list[nn.Module]):
+    """The blocks as one callable: each block's first output replaces the next block's first
+    argument, the rest of the arguments (masks, positions) stay as captured for the first."""
+    def run(*args, **kwargs):
+        for block in blocks:
+            args = (_first(block(*args, **kwargs)),) + tuple(args[1:])
+        return args[0]
+    return run
 
 
 def finetune_block(block: nn.Module, inputs: list[tuple], targets: list[torch.Tensor], steps: int,
@@ -104,27 +188,52 @@ def finetune_block(block: nn.Module, inputs: list[tuple], targets: list[torch.Te
     many small operations cost several times more; on a CPU it is no slower); ``False`` runs the
     five steps instead (the same values up to rounding).
     """
-    layers = [m for m in block.modules() if isinstance(m, FrameQuantLinear)]
+    return _tune([block], block, inputs, targets, steps, batches_per_step, lr, seed, dense,
+                 relative_squared_error)
+
+
+def finetune_chain(blocks: list[nn.Module], inputs: list[tuple], targets: list[torch.Tensor], steps: int,
+                   batches_per_step: int = 8, lr: float = LEARNING_RATE, seed: int = 0,
+                   head: nn.Module | None = None) -> tuple[float, float]:
+    """Tune the grids of every ``FrameQuantLinear`` in ``blocks`` at once, end to end.
+
+    ``inputs``: the first block's ``(args, kwargs)`` per batch; ``targets``: the full-precision
+    last block's output for each. After the block-wise pass each block matches its own target;
+    this pass lets earlier blocks absorb the error that later ones cannot undo. The loss is the
+    relative squared error of the last block's output, or with ``head`` (a causal LM's final
+    norm and output layer) the KL divergence of the next-token distributions it gives. (For
+    MiniLM, the same error of the pooled sentence embeddings did no better than the plain one:
+    STS-B Spearman 0.798 against 0.799.) Returns the loss before and after.
+    """
+    terms = relative_squared_error if head is None else next_token_kl(head)
+    frozen = blocks if head is None else [*blocks, head]  # the head's weights take no gradient
+    return _tune(frozen, _chain(blocks), inputs, targets, steps, batches_per_step, lr, seed, True, terms)
+
+
+def _tune(modules: list[nn.Module], run, inputs, targets, steps, batches_per_step, lr, seed, dense, terms):
+    """Adam on the offsets of every ``FrameQuantLinear`` in ``modules`` (whose other weights are
+    frozen meanwhile) for the loss ``terms`` of ``run``'s output against ``targets``."""
+    layers = [m for module in modules for m in module.modules() if isinstance(m, FrameQuantLinear)]
     if steps <= 0 or not layers:
         return float("nan"), float("nan")
     tunables = [_Tunable(layer, dense) for layer in layers]
     params = [p for t in tunables for p in t.parameters()]
-    everything = range(len(inputs))
+    everything = list(range(len(inputs)))
     with torch.no_grad():
-        before = float(_relative_error(block, inputs, targets, everything))
+        before = float(_loss(run, inputs, targets, everything, terms, batches_per_step))
     optimizer = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    frozen = [p for p in block.parameters() if p.requires_grad]
+    frozen = [p for module in modules for p in module.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), _tf32():
             for _ in range(steps):
                 pick = torch.randperm(len(inputs), generator=gen)[:batches_per_step].tolist()
                 optimizer.zero_grad(set_to_none=True)
                 for t in tunables:
                     t.apply()
-                loss = _relative_error(block, inputs, targets, pick)
+                loss = _loss(run, inputs, targets, pick, terms, batches_per_step)
                 loss.backward()
                 optimizer.step()
     finally:
@@ -134,12 +243,12 @@ def finetune_block(block: nn.Module, inputs: list[tuple], targets: list[torch.Te
     for t in tunables:
         t.commit()
     with torch.no_grad():
-        after = float(_relative_error(block, inputs, targets, everything))
+        after = float(_loss(run, inputs, targets, everything, terms, batches_per_step))
     if not after < before:  # keep the GPTQ grid when tuning did not help
         for t, (scale, zero, bias) in zip(tunables, saved):
             if bias is not None:
                 t.layer.bias = bias
             t.layer.set_grid(scale, zero)
         after = before
-    log.info("fine-tuned %d layers: block output relative error %.5f -> %.5f", len(layers), before, after)
+    log.info("fine-tuned %d layers: loss %.5f -> %.5f", len(layers), before, after)
     return before, after

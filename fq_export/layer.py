@@ -84,16 +84,18 @@ class FrameQuantLinear(nn.Module):
     def codes(self) -> torch.Tensor:
         return packing.unpack_codes(self.packed_codes, self.bits, self.in_recipe.size)
 
-    def dequantized_codes(self, scale: torch.Tensor | None = None, zero: torch.Tensor | None = None) -> torch.Tensor:
+    def dequantized_codes(self, scale: torch.Tensor | None = None, zero: torch.Tensor | None = None,
+                          codes: torch.Tensor | None = None) -> torch.Tensor:
         """``D_hat = scale * (codes - zero)`` (``K_out x K_in``, float32), each row's or group's own.
 
         ``scale`` and ``zero`` default to the stored ones; others of the same shape (fine-tuning
-        passes float32 parameters) give a ``D_hat`` that is differentiable in them.
+        passes float32 parameters) give a ``D_hat`` that is differentiable in them. ``codes``: the
+        unpacked codes as float32, when the caller holds them (else unpacked here).
         """
         cols = self.in_recipe.size
         scale = expand_groups((self.scale if scale is None else scale).to(torch.float32), cols, self.group_size)
         zero = expand_groups((self.zero if zero is None else zero).to(torch.float32), cols, self.group_size)
-        return scale * (self.codes().to(torch.float32) - zero)
+        return scale * ((self.codes().to(torch.float32) if codes is None else codes) - zero)
 
     def set_grid(self, scale: torch.Tensor, zero: torch.Tensor) -> None:
         """Replace the stored scale and zero (rounded to fp16, as stored) and refresh ``D_hat``."""

@@ -4,8 +4,9 @@
 last. Each layer's Hessian comes from the inputs that the already-quantized earlier blocks
 produce; memory holds one block's inputs at a time (two streams of them with fine-tuning: the
 quantized model's and the full-precision model's). Options: ``finetune_steps`` tunes each
-block's grids after GPTQ (:mod:`fq_export.finetune`); ``budget_bits`` picks each layer's recipe
-under a model-wide bit budget (:mod:`fq_export.budget`).
+block's grids after GPTQ and ``e2e_steps`` all blocks' grids together at the end
+(:mod:`fq_export.finetune`); ``budget_bits`` picks each layer's recipe under a model-wide bit
+budget (:mod:`fq_export.budget`).
 """
 from __future__ import annotations
 
@@ -109,19 +110,21 @@ def _first_output(out):
 @torch.no_grad()
 def quantize(adapter: ModelAdapter, config: QuantConfig, batches: list[dict], progress: bool = True,
              finetune_steps: int = 0, budget_bits: float | None = None,
-             layer_configs: dict[str, QuantConfig] | None = None) -> list[LayerStats]:
+             layer_configs: dict[str, QuantConfig] | None = None, e2e_steps: int = 0) -> list[LayerStats]:
     """Quantize every linear inside ``adapter.blocks`` in place; returns per-layer statistics.
 
     ``layer_configs`` overrides ``config`` per layer name; ``budget_bits`` computes them
-    (:func:`fq_export.budget.allocate`); ``finetune_steps > 0`` tunes each block's grids.
+    (:func:`fq_export.budget.allocate`); ``finetune_steps > 0`` tunes each block's grids;
+    ``e2e_steps > 0`` (chained models) then tunes every block's grids against the full-precision
+    model's last block output (for a causal LM through its head: next-token KL).
     """
     if not batches:
         raise ValueError("quantize needs at least one calibration batch")
-    if finetune_steps < 0:
-        raise ValueError(f"finetune steps must be 0 or more, got {finetune_steps}")
+    if finetune_steps < 0 or e2e_steps < 0:
+        raise ValueError(f"fine-tuning steps must be 0 or more, got {finetune_steps} and {e2e_steps}")
     from tqdm.auto import tqdm
 
-    from .finetune import finetune_block
+    from .finetune import finetune_block, finetune_chain
 
     if budget_bits is not None:
         from .budget import allocate
@@ -133,12 +136,14 @@ def quantize(adapter: ModelAdapter, config: QuantConfig, batches: list[dict], pr
     stats: list[LayerStats] = []
     inputs = capture_block_inputs(adapter, adapter.blocks[0][1], batches) if adapter.chained else None
     fp_inputs = inputs  # the full-precision model's inputs of the current block (chained models)
+    first_inputs = inputs if e2e_steps and adapter.chained else None
+    want_targets = finetune_steps or first_inputs is not None
     try:
         for index, (prefix, block) in enumerate(adapter.blocks):
             if not adapter.chained:
                 inputs = capture_block_inputs(adapter, block, batches)
             targets = None
-            if finetune_steps:
+            if want_targets:
                 source = fp_inputs if adapter.chained else inputs
                 targets = [_first_output(block(*args, **kwargs)).to(torch.float32) for args, kwargs in source]
             hessians = _block_hessians(block, prefix, inputs)
@@ -154,7 +159,7 @@ def quantize(adapter: ModelAdapter, config: QuantConfig, batches: list[dict], pr
                          layer_stats.effective_bits, layer_stats.frame_proxy_loss, layer_stats.seconds)
                 bar.update(1)
             del hessians
-            if targets is not None:
+            if targets is not None and finetune_steps:
                 bar.set_postfix_str(f"{prefix}: fine-tuning")
                 finetune_block(block, inputs, targets, finetune_steps, seed=config.seed + index)
             if adapter.chained and index + 1 < len(adapter.blocks):
@@ -163,6 +168,11 @@ def quantize(adapter: ModelAdapter, config: QuantConfig, batches: list[dict], pr
                                  for t, (args, kwargs) in zip(targets, fp_inputs)]
                 inputs = [((_first_output(block(*args, **kwargs)),) + tuple(args[1:]), kwargs)
                           for args, kwargs in inputs]
+        if first_inputs is not None:
+            bar.set_postfix_str("end-to-end fine-tuning")
+            del inputs, fp_inputs
+            finetune_chain([block for _, block in adapter.blocks], first_inputs, targets, e2e_steps,
+                           seed=config.seed + len(adapter.blocks), head=adapter.output_head())
     finally:
         bar.close()
         for layer in quantized_layers(adapter.model).values():

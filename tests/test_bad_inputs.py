@@ -374,6 +374,7 @@ CASES = {
     "r-nan": (["quantize", "--r", "nan", "--out", "{out}/x.safetensors"], ["--r", "finite"]),
     "finetune-steps-negative": (["quantize", "--finetune-steps", "-1", "--out", "{out}/x.safetensors"],
                                 ["--finetune-steps"]),
+    "e2e-steps-negative": (["quantize", "--e2e-steps", "-3", "--out", "{out}/x.safetensors"], ["--e2e-steps"]),
     "budget-bits-zero": (["quantize", "--budget-bits", "0", "--out", "{out}/x.safetensors"], ["--budget-bits"]),
     "bits-5": (["quantize", "--bits", "5", "--out", "{out}/x.safetensors"], ["--bits", "invalid choice"]),
     "layer-error-r-not-a-number": (["layer-error", "--r", "1.0,abc", "--json", "{out}/x.json"], ["--r", "'abc'"]),

@@ -47,6 +47,10 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
                    help="after each block is quantized, tune its scales and zeros (codes fixed) for this many "
                         "steps to match the full-precision block's output (default: 100 on a GPU; on a CPU 50 "
                         "for models of up to 50M block weights, else 0)")
+    p.add_argument("--e2e-steps", type=int, default=None,
+                   help="after the last block, tune every block's scales and zeros together for this many steps "
+                        "to match the full-precision model's output (causal LMs: next-token KL; default: "
+                        "the --finetune-steps count)")
     p.add_argument("--budget-bits", type=float,
                    help="choose each layer's bits, r and side from measured sensitivity so that the model's "
                         "effective bits stay at or under this budget (overrides --bits, --r and --side)")
@@ -78,7 +82,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 #: integer options and the least value each accepts
 _INT_MINIMA = {"calib_samples": 1, "heldout_samples": 1, "validate_samples": 1, "limit": 1, "window": 2,
-               "finetune_steps": 0}
+               "finetune_steps": 0, "e2e_steps": 0}
 
 
 def check_numbers(args) -> None:
@@ -239,12 +243,13 @@ def _quantize(args):
     check_calibration(args, batches)
     start = time.perf_counter()
     steps = default_finetune_steps(args.device, adapter) if args.finetune_steps is None else args.finetune_steps
+    e2e_steps = steps if args.e2e_steps is None else args.e2e_steps
     stats = quantize(adapter, config, batches, progress=not args.no_progress, finetune_steps=steps,
-                     budget_bits=args.budget_bits)
+                     budget_bits=args.budget_bits, e2e_steps=e2e_steps)
     seconds = time.perf_counter() - start
     totals = model_effective_bits(adapter.model)
     report = {"model": adapter.source, "config": config.to_dict(), "calibration": {"source": where, "samples": len(batches)},
-              "finetune_steps": steps, "budget_bits": args.budget_bits,
+              "finetune_steps": steps, "e2e_steps": e2e_steps, "budget_bits": args.budget_bits,
               "totals": totals, "quantize_seconds": seconds, "layers": stats_table(stats)}
     print(f"quantized {totals['quantized_layers']} layers of {adapter.name} with {config.label} in {seconds:.1f}s: "
           f"effective bits {totals['effective_bits']:.3f}")

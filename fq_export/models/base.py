@@ -43,6 +43,15 @@ class ModelAdapter:
             return self.model(input_ids=batch["input_ids"], use_cache=False).logits
         return self.model(batch["pixel_values"])
 
+    def output_head(self) -> nn.Module | None:
+        """A causal LM's modules after its last block (final norm, output layer), from the last
+        block's output to next-token logits; ``None`` for other families and unknown layouts."""
+        if self.family != "causal_lm":
+            return None
+        norm = getattr(getattr(self.model, "model", None), "norm", None)  # Llama-like
+        out = self.model.get_output_embeddings()
+        return nn.Sequential(norm, out) if isinstance(norm, nn.Module) and isinstance(out, nn.Module) else None
+
     def linear_names(self) -> list[str]:
         names = []
         for prefix, block in self.blocks:
