@@ -44,8 +44,11 @@ def _find_blocks(model: nn.Module, paths) -> list[tuple[str, nn.Module]]:
 
 
 def quantize(model, config: QuantConfig | None = None, batches=(), *, blocks: list[str] | None = None,
-             finetune_steps: int = 0, budget_bits: float | None = None, progress: bool = False) -> list[LayerStats]:
-    """Quantize ``model`` in place; returns each layer's statistics (proxy loss, bits, seconds)."""
+             finetune_steps: int = 0, e2e_steps: int = 0, budget_bits: float | None = None,
+             progress: bool = False) -> list[LayerStats]:
+    """Quantize ``model`` in place; returns each layer's statistics (proxy loss, bits, seconds).
+    ``e2e_steps`` applies to models whose blocks feed each other (a ``ModelAdapter`` with
+    ``chained=True``); a plain module's blocks are captured one by one and skip it."""
     config = config or QuantConfig()
     if isinstance(model, ModelAdapter):
         adapter = model
@@ -57,4 +60,4 @@ def quantize(model, config: QuantConfig | None = None, batches=(), *, blocks: li
         raise TypeError(f"quantize takes an nn.Module or a ModelAdapter, got {type(model).__name__}")
     batches = list(batches)
     return _quantize(adapter, config, batches, progress=progress, finetune_steps=finetune_steps,
-                     budget_bits=budget_bits)
+                     e2e_steps=e2e_steps, budget_bits=budget_bits)
