@@ -31,8 +31,15 @@ log = logging.getLogger(__name__)
 LEARNING_RATE = 1e-3
 
 
-def _first(out):
+def first_output(out):
+    """A block's output tensor (transformer blocks may return a tuple that starts with it)."""
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def next_args(block: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """The next block's positional arguments in a chained model: ``block``'s output in place of
+    its first argument, the rest (masks, positions) as they were."""
+    return (first_output(block(*args, **kwargs)),) + tuple(args[1:])
 
 
 class _Tunable:
@@ -128,15 +135,15 @@ def relative_squared_error(out: torch.Tensor, target: torch.Tensor) -> tuple[tor
 
 
 def next_token_kl(head: Callable[[torch.Tensor], torch.Tensor]):
-    """``(sum over tokens of KL(teacher || model), tokens)``, with the model's head (final norm
-    and output layer) turning the last block's output and the target into next-token logits."""
-    def terms(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum over tokens of KL(teacher || model), number of tokens)``, with the model's head
+    (final norm and output layer) turning the last block's output and the target into logits."""
+    def terms(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
         with torch.no_grad():
             teacher = torch.log_softmax(head(target).to(torch.float32), dim=-1)
         student = torch.log_softmax(head(out).to(torch.float32), dim=-1)
         kl = torch.nn.functional.kl_div(student.flatten(0, -2), teacher.flatten(0, -2), log_target=True,
                                         reduction="sum")
-        return kl, torch.tensor(float(teacher[..., 0].numel()), device=kl.device)
+        return kl, teacher[..., 0].numel()
     return terms
 
 
@@ -150,7 +157,7 @@ def _loss(run, inputs: list[tuple], targets: list[torch.Tensor], indices: list[i
         calls = [(stacked, torch.cat([targets[i] for i in chunk]))] if stacked is not None else \
             [(inputs[i], targets[i]) for i in chunk]
         for (args, kwargs), target in calls:
-            n, d = terms(_first(run(*args, **kwargs)).to(torch.float32), target)
+            n, d = terms(first_output(run(*args, **kwargs)).to(torch.float32), target)
             num, den = num + n, den + d
     return num / den
 
@@ -171,7 +178,7 @@ def _chain(blocks: list[nn.Module]):
     argument, the rest of the arguments (masks, positions) stay as captured for the first."""
     def run(*args, **kwargs):
         for block in blocks:
-            args = (_first(block(*args, **kwargs)),) + tuple(args[1:])
+            args = next_args(block, args, kwargs)
         return args[0]
     return run
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .config import QuantConfig
+from .finetune import finetune_block, finetune_chain, first_output, next_args
 from .gptq import HessianAccumulator
 from .layer import FrameQuantLinear, LayerStats, quantize_linear
 from .models.base import ModelAdapter
@@ -103,10 +104,6 @@ def _block_hessians(block: nn.Module, prefix: str, inputs: list[tuple]) -> dict[
     return hessians
 
 
-def _first_output(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 @torch.no_grad()
 def quantize(adapter: ModelAdapter, config: QuantConfig, batches: list[dict], progress: bool = True,
              finetune_steps: int = 0, budget_bits: float | None = None,
@@ -123,8 +120,6 @@ def quantize(adapter: ModelAdapter, config: QuantConfig, batches: list[dict], pr
     if finetune_steps < 0 or e2e_steps < 0:
         raise ValueError(f"fine-tuning steps must be 0 or more, got {finetune_steps} and {e2e_steps}")
     from tqdm.auto import tqdm
-
-    from .finetune import finetune_block, finetune_chain
 
     if budget_bits is not None:
         from .budget import allocate
@@ -145,7 +140,7 @@ def quantize(adapter: ModelAdapter, config: QuantConfig, batches: list[dict], pr
             targets = None
             if want_targets:
                 source = fp_inputs if adapter.chained else inputs
-                targets = [_first_output(block(*args, **kwargs)).to(torch.float32) for args, kwargs in source]
+                targets = [first_output(block(*args, **kwargs)).to(torch.float32) for args, kwargs in source]
             hessians = _block_hessians(block, prefix, inputs)
             for name, acc in hessians.items():
                 bar.set_postfix_str(f"{name}")
@@ -166,8 +161,7 @@ def quantize(adapter: ModelAdapter, config: QuantConfig, batches: list[dict], pr
                 if targets is not None:
                     fp_inputs = [((t.to(args[0].dtype),) + tuple(args[1:]), kwargs)
                                  for t, (args, kwargs) in zip(targets, fp_inputs)]
-                inputs = [((_first_output(block(*args, **kwargs)),) + tuple(args[1:]), kwargs)
-                          for args, kwargs in inputs]
+                inputs = [(next_args(block, args, kwargs), kwargs) for args, kwargs in inputs]
         if first_inputs is not None:
             bar.set_postfix_str("end-to-end fine-tuning")
             del inputs, fp_inputs
