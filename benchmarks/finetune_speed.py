@@ -6,13 +6,12 @@ each way, taking turns over ``--repeats`` rounds. Prints a table and writes JSON
 five-step time over dense time (above 1: the dense step is faster).
 
     python benchmarks/finetune_speed.py --device cuda --json benchmarks/results/finetune_speed_h200.json
-    python benchmarks/finetune_speed.py --device cpu --width 384 --steps 5 --json finetune_speed_cpu.json
+    python benchmarks/finetune_speed.py --device cpu --steps 5 --json benchmarks/results/finetune_speed_cpu.json
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fq_export import finetune  # noqa: E402
 from fq_export.config import QuantConfig  # noqa: E402
+from fq_export.io import write_json  # noqa: E402
 from fq_export.layer import quantize_linear  # noqa: E402
 
 
@@ -81,7 +81,7 @@ def main() -> int:
     print(f"five-step / dense: {result['five_step_over_dense']:.2f}x ({result['device']}, width {args.width}, "
           f"{args.tokens} tokens x 8 per step)")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    write_json(args.json, result)
     return 0
 
 
