@@ -10,7 +10,8 @@ or any ``nn.Module`` whose transformer blocks are found (``encoder.layer``, ``mo
 last, with the same sequential calibration, fine-tuning and bit budget as ``fq-export quantize``.
 ``batches``: a list of calibration inputs, each a dict of keyword arguments (``model(**batch)``) or a
 tensor (``model(batch)``). A checkpoint of the result: :func:`fq_export.checkpoint.save_checkpoint`
-with :func:`fq_export.pipeline.quantized_layers`.
+with :func:`fq_export.pipeline.quantized_layers` and, as ``params``,
+:func:`fq_export.finetune.tuned_parameters` (a causal LM's norm weights that fine-tuning changed).
 """
 from __future__ import annotations
 

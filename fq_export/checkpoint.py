@@ -6,12 +6,18 @@ size), ``<name>.bias`` (fp32, if any); the metadata key ``fq_export`` holds JSON
 version, each layer's recipe (``FrameQuantLinear.metadata``) and whatever the caller adds (model
 identity, config, report). Frames and rotations are rebuilt from the recipes on load, bit-exactly.
 
+Version 3 adds the full-precision parameters that fine-tuning changed (a causal LM's norm
+weights): the metadata key ``params`` maps each parameter's qualified name to the SHA-256 of its
+tensor, stored under that name (fp32); :func:`load_parameters` returns them and
+:func:`fq_export.pipeline.apply_parameters` puts them in place.
+
 Format version 2 adds content hashes, verified by :func:`read_metadata` (recipes) and
 :func:`load_checkpoint` (tensors): per layer, ``sha256`` maps each tensor to the SHA-256 of its
 dtype, shape and bytes, and ``recipe_sha256`` is the SHA-256 of the canonical JSON of the recipe
 fields (in/out recipes, bits, method, layout version, group size, has_bias). A flipped byte, a
 changed frame ``k``, a removed rotation or a changed seed is an error naming the layer. Scales,
-zeros and biases must be finite. Version 1 files (no hashes) are refused: re-quantize.
+zeros, biases and parameters must be finite. Version 2 files are read (they hold no parameters);
+version 1 files (no hashes) are refused: re-quantize.
 """
 from __future__ import annotations
 
@@ -29,7 +35,9 @@ from .files import atomic_write  # noqa: F401  (re-exported: older callers impor
 from .layer import FrameQuantLinear
 
 FORMAT = "fq-export-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: the versions this fq-export reads
+READ_VERSIONS = (2, 3)
 _TENSORS = ("packed_codes", "scale", "zero")
 _DTYPES = {"packed_codes": torch.int32, "scale": torch.float16, "zero": torch.float16, "bias": torch.float32}
 _WORDS = {"packed_codes": "codes", "scale": "scales", "zero": "zero points", "bias": "bias values"}
@@ -62,8 +70,11 @@ def _layer_tensors(layer: FrameQuantLinear) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
-def save_checkpoint(path: str | os.PathLike, layers: dict[str, FrameQuantLinear], extra: dict | None = None) -> None:
-    tensors, layer_meta = {}, {}
+def save_checkpoint(path: str | os.PathLike, layers: dict[str, FrameQuantLinear], extra: dict | None = None,
+                    params: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``layers`` (quantized, by name), ``params`` (full-precision parameters that
+    quantization changed, by qualified name) and the metadata ``extra`` to ``path`` atomically."""
+    tensors, layer_meta, param_meta = {}, {}, {}
     for name, layer in layers.items():
         own = _layer_tensors(layer)
         for kind, tensor in own.items():
@@ -74,7 +85,17 @@ def save_checkpoint(path: str | os.PathLike, layers: dict[str, FrameQuantLinear]
         info["recipe_sha256"] = recipe_sha256(info)
         info["sha256"] = {kind: tensor_sha256(tensor) for kind, tensor in own.items()}
         layer_meta[name] = info
-    meta = {**(extra or {}), "format": FORMAT, "format_version": FORMAT_VERSION, "layers": layer_meta}
+    for name, value in (params or {}).items():
+        tensor = value.detach().to(torch.float32).cpu().contiguous()
+        if name in tensors or not name:
+            raise CheckpointError(f"parameter name {name!r} is empty or clashes with a layer's tensor; "
+                                  f"nothing was written to {path}")
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"parameter {name} holds NaN or Inf; nothing was written to {path}")
+        tensors[name] = tensor
+        param_meta[name] = tensor_sha256(tensor)
+    meta = {**(extra or {}), "format": FORMAT, "format_version": FORMAT_VERSION, "layers": layer_meta,
+            "params": param_meta}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"fq_export": json.dumps(meta, sort_keys=True)}))
 
 
@@ -140,9 +161,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if version == 1:
         raise CheckpointError(f"{path} is a format version 1 checkpoint (no content hashes), which this fq-export "
                               f"no longer reads: quantize the model again with `fq-export quantize`")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise CheckpointError(f"{path}: unsupported checkpoint format version {version!r} "
-                              f"(this fq-export reads version {FORMAT_VERSION})")
+                              f"(this fq-export reads versions {', '.join(map(str, READ_VERSIONS))})")
     layers = meta.get("layers")
     if not isinstance(layers, dict):
         raise CheckpointError(f"{path}: metadata 'layers' must be a JSON object mapping layer names to recipes, "
@@ -151,6 +172,11 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: the checkpoint holds no quantized layers")
     for name, info in layers.items():
         _check_layer_meta(path, name, info)
+    params = meta.setdefault("params", {})
+    if version == 2 and params:
+        raise CheckpointError(f"{path}: a format version 2 checkpoint cannot hold parameters ('params')")
+    if not isinstance(params, dict) or not all(isinstance(k, str) and k and _is_hex64(v) for k, v in params.items()):
+        raise CheckpointError(f"{path}: metadata 'params' must map parameter names to SHA-256 hex digests")
     for key in ("model", "config", "calibration"):
         if key in meta and not isinstance(meta[key], dict):
             raise CheckpointError(f"{path}: metadata {key!r} must be a JSON object, got {type(meta[key]).__name__}")
@@ -170,19 +196,40 @@ def _check_tensors(path: Path, name: str, info: dict, tensors: dict[str, torch.T
             raise CheckpointError(f"{where}: its {_WORDS[kind]} ({name}.{kind}) hold NaN or Inf")
 
 
-def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[dict[str, FrameQuantLinear], dict]:
-    """Rebuild every quantized layer of a checkpoint; returns (layers by name, metadata).
-
-    Every recipe and tensor is verified against its hash; any mismatch is a ``CheckpointError``
-    naming the layer.
-    """
-    path = Path(path)
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Metadata and tensors; the parameters' tensors verified against their hashes."""
     meta = read_metadata(path)
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: tensors could not be read ({exc})") from exc
-    known = set()
+    for name, digest in meta["params"].items():
+        tensor = tensors.get(name)
+        if tensor is None:
+            raise CheckpointError(f"checkpoint {path}: parameter {name} is listed but its tensor is missing")
+        if tensor.dtype != torch.float32 or tensor_sha256(tensor) != digest:
+            raise CheckpointError(f"checkpoint {path}: parameter {name} does not match its sha256 "
+                                  "(the file is corrupt or was modified)")
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"checkpoint {path}: parameter {name} holds NaN or Inf")
+    return meta, tensors
+
+
+def load_parameters(path: str | os.PathLike, device="cpu") -> dict[str, torch.Tensor]:
+    """The full-precision parameters a checkpoint carries (empty for most), hashes verified."""
+    meta, tensors = _read(Path(path))
+    return {name: tensors[name].to(device) for name in meta["params"]}
+
+
+def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[dict[str, FrameQuantLinear], dict]:
+    """Rebuild every quantized layer of a checkpoint; returns (layers by name, metadata).
+
+    Every recipe and tensor is verified against its hash; any mismatch is a ``CheckpointError``
+    naming the layer. The parameters it carries: :func:`load_parameters`.
+    """
+    path = Path(path)
+    meta, tensors = _read(path)
+    known = set(meta["params"])
     layers = {}
     for name, info in meta["layers"].items():
         kinds = list(info["sha256"])

@@ -227,5 +227,19 @@ def apply_layers(adapter: ModelAdapter, layers: dict[str, FrameQuantLinear]) -> 
         set_submodule(adapter.model, name, layer.to(original.weight.device))
 
 
+@torch.no_grad()
+def apply_parameters(adapter: ModelAdapter, params: dict[str, torch.Tensor]) -> None:
+    """Put a checkpoint's tuned full-precision parameters (norm weights) into the model, checking
+    names and shapes."""
+    own = dict(adapter.model.named_parameters())
+    for name, value in params.items():
+        if name not in own:
+            raise ValueError(f"checkpoint parameter {name} does not exist in model {adapter.name}")
+        if tuple(own[name].shape) != tuple(value.shape):
+            raise ValueError(f"checkpoint parameter {name} has shape {tuple(value.shape)} but the model's is "
+                             f"{tuple(own[name].shape)}")
+        own[name].copy_(value.to(own[name]))
+
+
 def stats_table(stats: list[LayerStats]) -> list[dict]:
     return [asdict(s) for s in stats]

@@ -177,6 +177,21 @@ def with_meta(src, dst, fn):
     return _write(dst, tensors, meta)
 
 
+NORM = "encoder.layer.0.output.LayerNorm.weight"
+
+
+def with_param(src, dst, name, value, digest=None, version=None):
+    """A tuned parameter added (its hash right unless ``digest`` is given)."""
+    from fq_export.checkpoint import tensor_sha256
+
+    tensors, meta = _read(src)
+    tensors[name] = value
+    meta["params"] = {name: digest or tensor_sha256(value)}
+    if version is not None:
+        meta["format_version"] = version
+    return _write(dst, tensors, meta)
+
+
 def _nan_first(t):
     t.view(-1)[0] = float("nan")
     return t
@@ -223,6 +238,16 @@ HOSTILE_CHECKPOINTS = {
     "extra-tensor": (lambda s, d: _write(d, {**_read(s)[0], "stowaway": torch.zeros(3)}, _read(s)[1]),
                      ["stowaway", "belong to no layer"]),
     "folder": (lambda s, d: d.mkdir() or d, ["is a folder"]),
+    # tuned full-precision parameters (format version 3)
+    "param-listed-without-tensor": (lambda s, d: with_meta(s, d, lambda m: m.update(params={NORM: "a" * 64})),
+                                    [NORM, "listed but its tensor is missing"]),
+    "param-bytes-changed": (lambda s, d: with_param(s, d, NORM, torch.full((384,), 2.0), "b" * 64),
+                            [NORM, "does not match its sha256"]),
+    "param-of-another-model": (lambda s, d: with_param(s, d, "encoder.layer.9.output.LayerNorm.weight", torch.ones(384)),
+                               ["encoder.layer.9.output.LayerNorm.weight", "does not exist in model"]),
+    "param-wrong-shape": (lambda s, d: with_param(s, d, NORM, torch.ones(7)), [NORM, "has shape (7,)"]),
+    "params-in-version-2": (lambda s, d: with_param(s, d, NORM, torch.ones(384), version=2),
+                            ["version 2 checkpoint cannot hold parameters"]),
 }
 
 
@@ -245,7 +270,7 @@ def test_good_checkpoint_loads_and_round_trips(checkpoint, tmp_path):
     from fq_export.checkpoint import load_checkpoint
 
     layers, meta = load_checkpoint(checkpoint)
-    assert meta["format_version"] == 2 and len(layers) == 5
+    assert meta["format_version"] == 3 and len(layers) == 5
     info = meta["layers"][LAYER]
     assert info["in"]["frame"]["k"] == 30 and len(info["sha256"]["packed_codes"]) == 64
     resigned = with_recipe(checkpoint, tmp_path / "s.safetensors", _seed_plus_one, resign=True)

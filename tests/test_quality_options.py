@@ -352,3 +352,96 @@ def test_quantize_with_end_to_end_steps_brings_a_causal_lm_closer():
                 kl += float((p.exp() * (p - q)).sum())
         kls.append(kl)
     assert kls[1] < 0.9 * kls[0]
+    # The pass tuned the blocks' norm weights (not the final norm, which the teacher shares).
+    tuned = finetune.tuned_parameters(model)
+    assert sorted(tuned) == sorted(f"model.layers.{i}.{n}.weight" for i in range(2)
+                                   for n in ("input_layernorm", "post_attention_layernorm"))
+    fp_params = dict(fp.named_parameters())
+    assert all(not torch.equal(value, fp_params[name]) for name, value in tuned.items())
+    assert torch.equal(model.model.norm.weight, fp.model.norm.weight)
+
+
+def test_checkpoint_carries_tuned_norms_and_reproduces_the_model(tmp_path):
+    """A tiny Llama quantized with the end-to-end pass, saved and loaded into a fresh
+    full-precision copy, gives the same logits as the model in memory; a changed parameter byte
+    is refused by name."""
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fq_export.checkpoint import CheckpointError, load_checkpoint, load_parameters, save_checkpoint
+    from fq_export.models.base import ModelAdapter
+    from fq_export.pipeline import apply_layers, apply_parameters, quantize, quantized_layers
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    fp = LlamaForCausalLM(config).eval()
+    model = copy.deepcopy(fp)
+    blocks = lambda m: [(f"model.layers.{i}", b) for i, b in enumerate(m.model.layers)]  # noqa: E731
+    batches = [{"input_ids": torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i))} for i in range(8)]
+    quantize(ModelAdapter("tiny", "causal_lm", model, blocks(model), {}), QuantConfig(bits=2), batches,
+             progress=False, e2e_steps=30)
+    path = tmp_path / "tiny.safetensors"
+    save_checkpoint(path, quantized_layers(model), {"model": {"model": "tiny"}}, params=finetune.tuned_parameters(model))
+    fresh = copy.deepcopy(fp)
+    adapter = ModelAdapter("tiny", "causal_lm", fresh, blocks(fresh), {})
+    layers, meta = load_checkpoint(path)
+    params = load_parameters(path)
+    assert meta["format_version"] == 3 and len(params) == 4
+    apply_layers(adapter, layers)
+    apply_parameters(adapter, params)
+    with torch.no_grad():
+        for b in batches[:3]:
+            torch.testing.assert_close(fresh(**b).logits, model(**b).logits, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="does not exist"):
+        apply_parameters(adapter, {"model.layers.9.input_layernorm.weight": torch.ones(64)})
+    with pytest.raises(ValueError, match="has shape"):
+        apply_parameters(adapter, {"model.layers.0.input_layernorm.weight": torch.ones(3)})
+    tensors = load_file(str(path))
+    name = "model.layers.1.input_layernorm.weight"
+    tensors[name] = tensors[name].clone()
+    tensors[name][0] += 1.0
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=metadata)
+    with pytest.raises(CheckpointError, match=f"parameter {name} does not match its sha256"):
+        load_parameters(bad)
+    with pytest.raises(CheckpointError, match=f"parameter {name}"):
+        load_checkpoint(bad)
+
+
+def test_end_to_end_tuning_that_ends_worse_restores_the_norms():
+    """A step size that makes the loss diverge: grids and norm weights go back to where they
+    started, and nothing is marked as tuned."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fq_export.models.base import ModelAdapter
+    from fq_export.pipeline import capture_block_inputs, first_output, quantize
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    fp = LlamaForCausalLM(config).eval()
+    model = copy.deepcopy(fp)
+    adapter = ModelAdapter("tiny", "causal_lm", model, [(f"model.layers.{i}", b) for i, b in enumerate(model.model.layers)], {})
+    batches = [{"input_ids": torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i))} for i in range(4)]
+    fp_adapter = ModelAdapter("tiny", "causal_lm", fp, [(f"model.layers.{i}", b) for i, b in enumerate(fp.model.layers)], {})
+    inputs = capture_block_inputs(fp_adapter, fp.model.layers[0], batches)
+    targets = []
+    with torch.no_grad():
+        for args, kwargs in inputs:
+            out = args
+            for block in fp.model.layers:
+                out = (first_output(block(*out, **kwargs)),) + tuple(out[1:])
+            targets.append(out[0])
+    quantize(adapter, QuantConfig(bits=2), batches, progress=False)
+    blocks = list(model.model.layers)
+    norms = {n: p.detach().clone() for n, p in model.named_parameters() if "layernorm" in n}
+    scales = [m.scale.clone() for m in model.modules() if hasattr(m, "packed_codes")]
+    before, after = finetune.finetune_chain(blocks, inputs, targets, 5, lr=1e3, head=adapter.output_head())
+    assert after == before
+    assert all(torch.equal(p, norms[n]) for n, p in model.named_parameters() if "layernorm" in n)
+    assert all(torch.equal(m.scale, s) for m, s in zip([m for m in model.modules() if hasattr(m, "packed_codes")], scales))
+    assert finetune.tuned_parameters(model) == {}

@@ -275,7 +275,8 @@ def load_source(source: dict, device: str = "cpu"):
 
 
 def load_quantized(checkpoint: str, device: str = "cpu", before_layers=None):
-    """A model adapter with the checkpoint's layers in place, plus the checkpoint metadata.
+    """A model adapter with the checkpoint's layers (and tuned parameters) in place, plus the
+    checkpoint metadata.
 
     The checkpoint's hashes are verified (``load_checkpoint``) and every layer is compared with the
     full-precision layer it replaces (``converters.validate.full_precision_layers``): a layer that
@@ -283,10 +284,11 @@ def load_quantized(checkpoint: str, device: str = "cpu", before_layers=None):
     given, is called on the full-precision model before its layers are replaced.
     """
     from converters import validate
-    from fq_export.checkpoint import CheckpointError, load_checkpoint
-    from fq_export.pipeline import apply_layers
+    from fq_export.checkpoint import CheckpointError, load_checkpoint, load_parameters
+    from fq_export.pipeline import apply_layers, apply_parameters
 
     layers, meta = load_checkpoint(checkpoint)
+    params = load_parameters(checkpoint)
     adapter = load_source(model_source(meta, checkpoint), device)
     import torch
 
@@ -306,6 +308,7 @@ def load_quantized(checkpoint: str, device: str = "cpu", before_layers=None):
     if before_layers is not None:
         before_layers(adapter)
     apply_layers(adapter, layers)
+    apply_parameters(adapter, params)
     return adapter, meta
 
 

@@ -26,11 +26,13 @@ def check(args) -> None:
 def command(args) -> int:
     from fq_export.checkpoint import save_checkpoint
     from fq_export.io import write_json
+    from fq_export.finetune import tuned_parameters
     from fq_export.pipeline import quantized_layers
 
     adapter, config, report = _quantize(args)
     save_checkpoint(args.out, quantized_layers(adapter.model),
-                    {"model": adapter.source, "config": config.to_dict(), "calibration": report["calibration"]})
+                    {"model": adapter.source, "config": config.to_dict(), "calibration": report["calibration"]},
+                    params=tuned_parameters(adapter.model))
     report["checkpoint"] = {"path": str(args.out), "bytes": Path(args.out).stat().st_size}
     if args.report:
         write_json(args.report, report)
