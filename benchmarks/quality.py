@@ -9,9 +9,10 @@ domain) and BBC News articles (another kind of text: out of domain). MiniLM: mea
 cosine to full precision and top-10 neighbour agreement per source, and the Spearman correlation
 on the STS-B test pairs (human scores). SmolLM2: perplexity per source. Rows: the per-row
 baselines (RTN, GPTQ, QuIP, QuIP+clip), group-wise GPTQ and RTN (RTN with groups of 32 is
-onnxruntime's own weight-only quantizer's math), FrameQuant at r 1.0 / 1.1 both / 1.1 input, with
-and without fine-tuning ("+ ftN": N block-wise steps per block, then N end-to-end steps, as
-``--finetune-steps N`` does), and under a bit budget; for MiniLM also onnxruntime's own
+onnxruntime's own weight-only quantizer's math), FrameQuant at r 1.0 / 1.1 both / 1.1 input (and
+r 1.0 with groups of 64), with and without fine-tuning ("+ ftN": N block-wise steps per block, then N end-to-end steps, as
+``--finetune-steps N`` does; for a causal LM also with its norm weights left as they were), and
+under a bit budget; for MiniLM also onnxruntime's own
 2-bit and 4-bit exports of the fp32 ONNX, evaluated in onnxruntime. ``--calib-sweep`` runs the
 default recipe once per extra calibration source (how the default source was chosen). Writes
 ``quality_<model>.{json,md,png}``.
@@ -45,8 +46,8 @@ from fq_export.pipeline import default_finetune_steps, dense_weights, quantize  
 OUT_OF_DOMAIN = "bbc-news"
 
 
-def rows_to_run(steps: int, budget: float) -> list[dict]:
-    """(name, config fields, fine-tuning steps, budget) of every row."""
+def rows_to_run(steps: int, budget: float, family: str = "encoder") -> list[dict]:
+    """(name, config fields, fine-tuning steps, budget) of every row of a model of ``family``."""
     fq = lambda r, side, **kw: dict(method="framequant", redundancy=r, redundancy_side=side, **kw)  # noqa: E731
     rows = [
         ("rtn", dict(method="rtn")), ("gptq", dict(method="gptq")), ("quip", dict(method="quip")),
@@ -59,8 +60,12 @@ def rows_to_run(steps: int, budget: float) -> list[dict]:
     out = [{"name": n, "config": c, "steps": 0, "budget": None} for n, c in rows]
     out += [{"name": f"gptq g128 + ft{steps}", "config": dict(method="gptq", group_size=128), "steps": steps, "budget": None},
             {"name": f"framequant r1.0 + ft{steps}", "config": fq(1.0, "both"), "steps": steps, "budget": None},
+            {"name": f"framequant r1.0 g64 + ft{steps}", "config": fq(1.0, "both", group_size=64), "steps": steps,
+             "budget": None},
             {"name": f"framequant r1.1 both + ft{steps}", "config": fq(1.1, "both"), "steps": steps, "budget": None,
              "default": True},
+            *([{"name": f"framequant r1.1 both + ft{steps} (norms fixed)", "config": fq(1.1, "both"), "steps": steps,
+                "budget": None, "tune_norms": False}] if family == "causal_lm" else []),
             {"name": f"framequant budget {budget} + ft{steps}", "config": fq(1.1, "both"), "steps": steps,
              "budget": budget},
             {"name": "gptq 4-bit", "config": dict(method="gptq", bits=4), "steps": 0, "budget": None},
@@ -107,8 +112,9 @@ def run(name: str, args) -> list[dict]:
     results = [{"model": name, "method": "full precision", "effective_bits": 32.0, "seconds": 0.0,
                 "calibration": "-", **evaluator(adapter=base)}]
     print(results[-1], flush=True)
-    plan = [(sources[0], row) for row in rows_to_run(steps, args.budget)]
-    plan += [(src, row) for src in sources[1:] for row in rows_to_run(steps, args.budget) if row.get("default")]
+    rows = rows_to_run(steps, args.budget, base.family)
+    plan = [(sources[0], row) for row in rows]
+    plan += [(src, row) for src in sources[1:] for row in rows if row.get("default")]
     if args.only:  # the rows named, in the order named; "NAME@SOURCE" for a row of another source
         order = args.only.split(",")
         key = lambda item: item[1]["name"] + ("" if item[0] == sources[0] else "@" + item[0])  # noqa: E731
@@ -124,7 +130,7 @@ def run(name: str, args) -> list[dict]:
         config = QuantConfig(**{"bits": 2, **row["config"]})
         start = time.perf_counter()
         quantize(adapter, config, batches_by_source[source], progress=False, finetune_steps=row["steps"],
-                 e2e_steps=row["steps"], budget_bits=row["budget"])
+                 e2e_steps=row["steps"], budget_bits=row["budget"], tune_norms=row.get("tune_norms", True))
         seconds = time.perf_counter() - start
         with dense_weights(adapter.model):
             figures = evaluator(adapter=adapter)

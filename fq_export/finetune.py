@@ -224,7 +224,7 @@ def finetune_block(block: nn.Module, inputs: list[tuple], targets: list[torch.Te
 
 def finetune_chain(blocks: list[nn.Module], inputs: list[tuple], targets: list[torch.Tensor], steps: int,
                    batches_per_step: int = 8, lr: float = LEARNING_RATE, seed: int = 0,
-                   head: nn.Module | None = None) -> tuple[float, float]:
+                   head: nn.Module | None = None, tune_norms: bool = True) -> tuple[float, float]:
     """Tune the grids of every ``FrameQuantLinear`` in ``blocks`` at once, end to end.
 
     ``inputs``: the first block's ``(args, kwargs)`` per batch; ``targets``: the full-precision
@@ -232,14 +232,14 @@ def finetune_chain(blocks: list[nn.Module], inputs: list[tuple], targets: list[t
     this pass lets earlier blocks absorb the error that later ones cannot undo. The loss is the
     relative squared error of the last block's output, or with ``head`` (a causal LM's final
     norm and output layer) the KL divergence of the next-token distributions it gives; with
-    ``head`` the blocks' norm weights are tuned too (SmolLM2-135M, 40 steps on the CPU: BBC
-    perplexity 152 without, 144 with). (For MiniLM, the error of the pooled sentence embeddings
-    did no better than the plain one, and tuning its LayerNorms did worse: STS-B Spearman 0.798
-    and 0.796 against 0.799.) Returns the loss before and after.
+    ``head`` the blocks' norm weights are tuned too unless ``tune_norms`` is false. (For MiniLM,
+    the error of the pooled sentence embeddings did no better than the plain one, and tuning its
+    LayerNorms did worse: STS-B Spearman 0.798 and 0.796 against 0.799.) Returns the loss before
+    and after.
     """
     terms = relative_squared_error if head is None else next_token_kl(head)
     frozen = blocks if head is None else [*blocks, head]  # the head's weights take no gradient
-    norms = [] if head is None else norm_modules(blocks)
+    norms = norm_modules(blocks) if head is not None and tune_norms else []
     return _tune(frozen, _chain(blocks), inputs, targets, steps, batches_per_step, lr, seed, True, terms, norms)
 
 

@@ -107,13 +107,15 @@ def _block_hessians(block: nn.Module, prefix: str, inputs: list[tuple]) -> dict[
 @torch.no_grad()
 def quantize(adapter: ModelAdapter, config: QuantConfig, batches: list[dict], progress: bool = True,
              finetune_steps: int = 0, budget_bits: float | None = None,
-             layer_configs: dict[str, QuantConfig] | None = None, e2e_steps: int = 0) -> list[LayerStats]:
+             layer_configs: dict[str, QuantConfig] | None = None, e2e_steps: int = 0,
+             tune_norms: bool = True) -> list[LayerStats]:
     """Quantize every linear inside ``adapter.blocks`` in place; returns per-layer statistics.
 
     ``layer_configs`` overrides ``config`` per layer name; ``budget_bits`` computes them
     (:func:`fq_export.budget.allocate`); ``finetune_steps > 0`` tunes each block's grids;
     ``e2e_steps > 0`` (chained models) then tunes every block's grids against the full-precision
-    model's last block output (for a causal LM through its head: next-token KL).
+    model's last block output (for a causal LM through its head: next-token KL, and unless
+    ``tune_norms`` is false, its blocks' norm weights are tuned too).
     """
     if not batches:
         raise ValueError("quantize needs at least one calibration batch")
@@ -166,7 +168,8 @@ def quantize(adapter: ModelAdapter, config: QuantConfig, batches: list[dict], pr
             bar.set_postfix_str("end-to-end fine-tuning")
             del inputs, fp_inputs
             finetune_chain([block for _, block in adapter.blocks], first_inputs, targets, e2e_steps,
-                           seed=config.seed + len(adapter.blocks), head=adapter.output_head())
+                           seed=config.seed + len(adapter.blocks), head=adapter.output_head(),
+                           tune_norms=tune_norms)
     finally:
         bar.close()
         for layer in quantized_layers(adapter.model).values():

@@ -359,6 +359,12 @@ def test_quantize_with_end_to_end_steps_brings_a_causal_lm_closer():
     fp_params = dict(fp.named_parameters())
     assert all(not torch.equal(value, fp_params[name]) for name, value in tuned.items())
     assert torch.equal(model.model.norm.weight, fp.model.norm.weight)
+    # tune_norms=False: the same pass leaves every norm as it was.
+    model = copy.deepcopy(fp)
+    adapter = ModelAdapter("tiny", "causal_lm", model, [(f"model.layers.{i}", b) for i, b in enumerate(model.model.layers)], {})
+    quantize(adapter, QuantConfig(bits=2), batches, progress=False, e2e_steps=10, tune_norms=False)
+    assert finetune.tuned_parameters(model) == {}
+    assert all(torch.equal(p, fp_params[n]) for n, p in model.named_parameters() if "norm" in n)
 
 
 def test_checkpoint_carries_tuned_norms_and_reproduces_the_model(tmp_path):
