@@ -277,6 +277,18 @@ def test_good_checkpoint_loads_and_round_trips(checkpoint, tmp_path):
     assert len(load_checkpoint(resigned)[0]) == 5
 
 
+def test_checkpoint_parameters_are_put_in_place(checkpoint, tmp_path):
+    """A version 3 checkpoint's tuned parameter reaches the loaded model; the rest stay as loaded."""
+    from fq_export.cli.common import load_quantized
+
+    value = torch.linspace(0.5, 1.5, 384)
+    adapter, meta = load_quantized(str(with_param(checkpoint, tmp_path / "p.safetensors", NORM, value)))
+    params = dict(adapter.model.named_parameters())
+    assert meta["params"] and torch.equal(params[NORM], value)
+    plain, _ = load_quantized(str(checkpoint))
+    assert not torch.equal(dict(plain.model.named_parameters())[NORM], value)
+
+
 # ---- every other bad input -------------------------------------------------------------------------
 
 def _pairs(tmp_path: Path, rows: list[str], name="pairs.tsv") -> Path:
