@@ -307,16 +307,31 @@ def test_next_token_kl_matches_the_definition():
     assert abs(float(zero.detach())) < 1e-4
 
 
-def test_output_head_turns_the_last_block_output_into_logits():
+def _tiny_llama(hidden=64, seed=0):
+    """A two-block Llama with random weights (transformers), in eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    return LlamaForCausalLM(config).eval()
+
+
+def _adapter(model):
     from fq_export.models.base import ModelAdapter
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
-    model = LlamaForCausalLM(config).eval()
-    adapter = ModelAdapter("tiny", "causal_lm", model, [(f"model.layers.{i}", b) for i, b in enumerate(model.model.layers)], {})
+    return ModelAdapter("tiny", "causal_lm", model, [(f"model.layers.{i}", b) for i, b in enumerate(model.model.layers)], {})
+
+
+def _token_batches(count):
+    return [{"input_ids": torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i))} for i in range(count)]
+
+
+def test_output_head_turns_the_last_block_output_into_logits():
+    from fq_export.models.base import ModelAdapter
+
+    model = _tiny_llama(hidden=32)
+    adapter = _adapter(model)
     seen = []
     model.model.layers[-1].register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
     ids = torch.randint(0, 64, (1, 9))
@@ -329,21 +344,14 @@ def test_output_head_turns_the_last_block_output_into_logits():
 def test_quantize_with_end_to_end_steps_brings_a_causal_lm_closer():
     """A tiny Llama through the pipeline: the end-to-end pass (next-token KL) lowers the KL of the
     quantized model's next-token distribution to the full-precision one on the calibration batches."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from fq_export.models.base import ModelAdapter
     from fq_export.pipeline import quantize
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
-    fp = LlamaForCausalLM(config).eval()
-    batches = [{"input_ids": torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i))} for i in range(16)]
+    fp = _tiny_llama()
+    batches = _token_batches(16)
     kls = []
     for e2e in (0, 60):
         model = copy.deepcopy(fp)
-        adapter = ModelAdapter("tiny", "causal_lm", model, [(f"model.layers.{i}", b) for i, b in enumerate(model.model.layers)], {})
-        quantize(adapter, QuantConfig(bits=2), batches, progress=False, finetune_steps=0, e2e_steps=e2e)
+        quantize(_adapter(model), QuantConfig(bits=2), batches, progress=False, finetune_steps=0, e2e_steps=e2e)
         with torch.no_grad():
             kl = 0.0
             for b in batches:
@@ -361,8 +369,7 @@ def test_quantize_with_end_to_end_steps_brings_a_causal_lm_closer():
     assert torch.equal(model.model.norm.weight, fp.model.norm.weight)
     # tune_norms=False: the same pass leaves every norm as it was.
     model = copy.deepcopy(fp)
-    adapter = ModelAdapter("tiny", "causal_lm", model, [(f"model.layers.{i}", b) for i, b in enumerate(model.model.layers)], {})
-    quantize(adapter, QuantConfig(bits=2), batches, progress=False, e2e_steps=10, tune_norms=False)
+    quantize(_adapter(model), QuantConfig(bits=2), batches, progress=False, e2e_steps=10, tune_norms=False)
     assert finetune.tuned_parameters(model) == {}
     assert all(torch.equal(p, fp_params[n]) for n, p in model.named_parameters() if "norm" in n)
 
@@ -372,25 +379,17 @@ def test_checkpoint_carries_tuned_norms_and_reproduces_the_model(tmp_path):
     full-precision copy, gives the same logits as the model in memory; a changed parameter byte
     is refused by name."""
     from safetensors.torch import load_file, save_file
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from fq_export.checkpoint import CheckpointError, load_checkpoint, load_parameters, save_checkpoint
-    from fq_export.models.base import ModelAdapter
     from fq_export.pipeline import apply_layers, apply_parameters, quantize, quantized_layers
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
-    fp = LlamaForCausalLM(config).eval()
+    fp = _tiny_llama()
     model = copy.deepcopy(fp)
-    blocks = lambda m: [(f"model.layers.{i}", b) for i, b in enumerate(m.model.layers)]  # noqa: E731
-    batches = [{"input_ids": torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i))} for i in range(8)]
-    quantize(ModelAdapter("tiny", "causal_lm", model, blocks(model), {}), QuantConfig(bits=2), batches,
-             progress=False, e2e_steps=30)
+    batches = _token_batches(8)
+    quantize(_adapter(model), QuantConfig(bits=2), batches, progress=False, e2e_steps=30)
     path = tmp_path / "tiny.safetensors"
     save_checkpoint(path, quantized_layers(model), {"model": {"model": "tiny"}}, params=finetune.tuned_parameters(model))
     fresh = copy.deepcopy(fp)
-    adapter = ModelAdapter("tiny", "causal_lm", fresh, blocks(fresh), {})
+    adapter = _adapter(fresh)
     layers, meta = load_checkpoint(path)
     params = load_parameters(path)
     assert meta["format_version"] == 3 and len(params) == 4
@@ -421,20 +420,13 @@ def test_checkpoint_carries_tuned_norms_and_reproduces_the_model(tmp_path):
 def test_end_to_end_tuning_that_ends_worse_restores_the_norms():
     """A step size that makes the loss diverge: grids and norm weights go back to where they
     started, and nothing is marked as tuned."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from fq_export.models.base import ModelAdapter
     from fq_export.pipeline import capture_block_inputs, first_output, quantize
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
-    fp = LlamaForCausalLM(config).eval()
+    fp = _tiny_llama()
     model = copy.deepcopy(fp)
-    adapter = ModelAdapter("tiny", "causal_lm", model, [(f"model.layers.{i}", b) for i, b in enumerate(model.model.layers)], {})
-    batches = [{"input_ids": torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i))} for i in range(4)]
-    fp_adapter = ModelAdapter("tiny", "causal_lm", fp, [(f"model.layers.{i}", b) for i, b in enumerate(fp.model.layers)], {})
-    inputs = capture_block_inputs(fp_adapter, fp.model.layers[0], batches)
+    adapter = _adapter(model)
+    batches = _token_batches(4)
+    inputs = capture_block_inputs(_adapter(fp), fp.model.layers[0], batches)
     targets = []
     with torch.no_grad():
         for args, kwargs in inputs:
