@@ -248,6 +248,7 @@ def main() -> int:
         write_text(out / f"quality_{name}.md", md + f"\n\nEvaluation sources: {sources}. Device: {args.device}.\n")
         device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
         write_json(out / f"quality_{name}.json", {"args": vars(args), "device": device, "rows": rows})
+        (out / f"quality_{name}.partial.json").unlink(missing_ok=True)  # the rows so far, kept only while running
         metric = "spearman sts-b" if "spearman sts-b" in metrics else f"ppl {OUT_OF_DOMAIN}"
         plot(rows, out / f"quality_{name}.png", metric, f"{name}: {metric} (out of the calibration domain)")
     return 0
