@@ -10,10 +10,10 @@ cosine to full precision and top-10 neighbour agreement per source, and the Spea
 on the STS-B test pairs (human scores). SmolLM2: perplexity per source. Rows: the per-row
 baselines (RTN, GPTQ, QuIP, QuIP+clip), group-wise GPTQ and RTN (RTN with groups of 32 is
 onnxruntime's own weight-only quantizer's math), FrameQuant at r 1.0 / 1.1 both / 1.1 input (and
-r 1.0 with groups of 64), with and without fine-tuning ("+ ftN": N block-wise steps per block, then N end-to-end steps, as
-``--finetune-steps N`` does; for a causal LM also with its norm weights left as they were), and
-under a bit budget; for MiniLM also onnxruntime's own
-2-bit and 4-bit exports of the fp32 ONNX, evaluated in onnxruntime. ``--calib-sweep`` runs the
+r 1.0 with groups of 64), with and without fine-tuning ("+ ftN": N block-wise steps per block,
+then N end-to-end steps, as ``--finetune-steps N`` does; for a causal LM also with its norm
+weights left as they were), and under a bit budget; for MiniLM also onnxruntime's own 2-bit and
+4-bit exports of the fp32 ONNX, evaluated in onnxruntime. ``--calib-sweep`` runs the
 default recipe once per extra calibration source (how the default source was chosen). Writes
 ``quality_<model>.{json,md,png}``.
 """

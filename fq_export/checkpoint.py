@@ -225,8 +225,16 @@ def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[dict[str, Fr
     """Rebuild every quantized layer of a checkpoint; returns (layers by name, metadata).
 
     Every recipe and tensor is verified against its hash; any mismatch is a ``CheckpointError``
-    naming the layer. The parameters it carries: :func:`load_parameters`.
+    naming the layer. The parameters it carries: :func:`load_parameters`, or both in one read:
+    :func:`load_with_parameters`.
     """
+    layers, meta, _ = load_with_parameters(path, device)
+    return layers, meta
+
+
+def load_with_parameters(path: str | os.PathLike, device="cpu"
+                         ) -> tuple[dict[str, FrameQuantLinear], dict, dict[str, torch.Tensor]]:
+    """(layers by name, metadata, parameters by name) from one read of the file, all verified."""
     path = Path(path)
     meta, tensors = _read(path)
     known = set(meta["params"])
@@ -252,4 +260,4 @@ def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[dict[str, Fr
     if extra:
         raise CheckpointError(f"checkpoint {path}: tensors {extra[:5]} belong to no layer of its metadata "
                               "(the file is corrupt or was modified)")
-    return layers, meta
+    return layers, meta, {name: tensors[name].to(device) for name in meta["params"]}

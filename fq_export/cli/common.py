@@ -278,17 +278,16 @@ def load_quantized(checkpoint: str, device: str = "cpu", before_layers=None):
     """A model adapter with the checkpoint's layers (and tuned parameters) in place, plus the
     checkpoint metadata.
 
-    The checkpoint's hashes are verified (``load_checkpoint``) and every layer is compared with the
+    The checkpoint's hashes are verified (``load_with_parameters``) and every layer is compared with the
     full-precision layer it replaces (``converters.validate.full_precision_layers``): a layer that
     does not reproduce it is a ``CheckpointError`` naming the layer. ``before_layers(adapter)``, if
     given, is called on the full-precision model before its layers are replaced.
     """
     from converters import validate
-    from fq_export.checkpoint import CheckpointError, load_checkpoint, load_parameters
+    from fq_export.checkpoint import CheckpointError, load_with_parameters
     from fq_export.pipeline import apply_layers, apply_parameters
 
-    layers, meta = load_checkpoint(checkpoint)
-    params = load_parameters(checkpoint)
+    layers, meta, params = load_with_parameters(checkpoint)
     adapter = load_source(model_source(meta, checkpoint), device)
     import torch
 
