@@ -3,9 +3,9 @@
     python benchmarks/quality.py --models minilm --out-dir benchmarks/results
     python benchmarks/quality.py --models smollm2-135m --device cuda --out-dir benchmarks/results
 
-Every row is one quantization of the model (the same calibration samples for all), evaluated on
-named real-text sources (:mod:`calib.corpora`): the calibration corpus' own evaluation part (in
-domain) and BBC News articles (another kind of text: out of domain). MiniLM: mean embedding
+Every row is one quantization of the model (the same calibration samples for all rows of a
+seed), evaluated on named real-text sources (:mod:`calib.corpora`): the calibration corpus' own
+evaluation part (in domain) and BBC News articles (another kind of text: out of domain). MiniLM: mean embedding
 cosine to full precision and top-10 neighbour agreement per source, and the Spearman correlation
 on the STS-B test pairs (human scores). SmolLM2: perplexity per source. Rows: the per-row
 baselines (RTN, GPTQ, QuIP, QuIP+clip), group-wise GPTQ and RTN (RTN with groups of 32 is
@@ -13,9 +13,10 @@ onnxruntime's own weight-only quantizer's math), FrameQuant at r 1.0 / 1.1 both 
 r 1.0 with groups of 64), with and without fine-tuning ("+ ftN": N block-wise steps per block,
 then N end-to-end steps, as ``--finetune-steps N`` does; for a causal LM also with its norm
 weights left as they were), and under a bit budget; for MiniLM also onnxruntime's own 2-bit and
-4-bit exports of the fp32 ONNX, evaluated in onnxruntime. ``--calib-sweep`` runs the
-default recipe once per extra calibration source (how the default source was chosen). Writes
-``quality_<model>.{json,md,png}``.
+4-bit exports of the fp32 ONNX, evaluated in onnxruntime. ``--calib A,B,...`` runs the
+default recipe once per extra calibration source (how the default source was chosen);
+``--seeds 0,1,2,3`` runs every row once per seed and adds each figure's mean and spread over
+them. Writes ``quality_<model>.{json,md,png}``.
 """
 from __future__ import annotations
 
@@ -121,21 +122,23 @@ def run(name: str, args) -> list[dict]:
         plan = sorted((item for item in plan if key(item) in order or item[1]["name"] in order),
                       key=lambda item: order.index(key(item)) if key(item) in order else order.index(item[1]["name"]))
     batches_by_source = {}
-    for source, row in plan:
-        if source not in batches_by_source:
-            batches_by_source[source] = calibration_batches(base, source, args.calib_samples, seed=0, window=args.window)[0]
+    for seed, (source, row) in ((seed, item) for item in plan for seed in args.seeds):
+        if (source, seed) not in batches_by_source:
+            batches_by_source[source, seed] = calibration_batches(base, source, args.calib_samples, seed=seed,
+                                                                  window=args.window)[0]
         adapter = copy.copy(base)
         adapter.model = copy.deepcopy(base.model)
         adapter.blocks = [(p, adapter.model.get_submodule(p)) for p, _ in base.blocks]
-        config = QuantConfig(**{"bits": 2, **row["config"]})
+        config = QuantConfig(**{"bits": 2, "seed": seed, **row["config"]})
         start = time.perf_counter()
-        quantize(adapter, config, batches_by_source[source], progress=False, finetune_steps=row["steps"],
+        quantize(adapter, config, batches_by_source[source, seed], progress=False, finetune_steps=row["steps"],
                  e2e_steps=row["steps"], budget_bits=row["budget"], tune_norms=row.get("tune_norms", True))
         seconds = time.perf_counter() - start
         with dense_weights(adapter.model):
             figures = evaluator(adapter=adapter)
         results.append({"model": name, "method": row["name"], "effective_bits": model_effective_bits(adapter.model)["effective_bits"],
-                        "seconds": seconds, "calibration": source, **figures})
+                        "seconds": seconds, "calibration": source, **({"seed": seed} if len(args.seeds) > 1 else {}),
+                        **figures})
         print(results[-1], flush=True)
         write_json(Path(args.out_dir) / f"quality_{name}.partial.json", results)
         del adapter
@@ -182,6 +185,24 @@ def onnxruntime_peers(base, evaluator: Evaluator, out_dir: Path, name: str) -> l
     return rows
 
 
+def seed_spread(rows: list[dict], metrics: list[str]) -> list[dict]:
+    """Per method and calibration source run under several seeds: each metric's mean and sample
+    standard deviation over the seeds ("mean +- sd")."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if "seed" in r:
+            groups.setdefault((r["method"], r["calibration"]), []).append(r)
+    out = []
+    for (method, calibration), runs in groups.items():
+        row = {"method": method, "calibration": calibration, "seeds": ",".join(str(r["seed"]) for r in runs)}
+        for key in ["effective_bits", *metrics, "seconds"]:
+            values = np.array([r[key] for r in runs], dtype=np.float64)
+            sd = values.std(ddof=1) if len(values) > 1 else 0.0
+            row[key] = f"{values.mean():.4f} +- {sd:.4f}"
+        out.append(row)
+    return out
+
+
 def plot(rows: list[dict], path: Path, metric: str, title: str) -> None:
     import matplotlib
 
@@ -225,8 +246,15 @@ def main() -> int:
     parser.add_argument("--no-onnxruntime", action="store_true", help="MiniLM: skip onnxruntime's own exports")
     parser.add_argument("--merge", help="comma-separated JSON files of earlier rows of the same settings to put "
                                         "before this run's (a run cut into parts)")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds (calibration sample and rotations); every row runs once per seed, "
+                             "and with several the table adds each metric's mean and spread")
     parser.add_argument("--out-dir", default="benchmarks/results")
     args = parser.parse_args()
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     earlier = []
@@ -235,19 +263,26 @@ def main() -> int:
         earlier += data["rows"] if isinstance(data, dict) else data
     for name in args.models.split(","):
         rows = run(name, args)
-        seen = {r["method"] + r["calibration"] for r in rows}
-        merged = [r for r in earlier if r["model"] == name and r["method"] + r["calibration"] not in seen]
+        key = lambda r: (r["method"], r["calibration"], r.get("seed"))  # noqa: E731
+        seen = {key(r) for r in rows}
+        merged = [r for r in earlier if r["model"] == name and key(r) not in seen]
         for r in merged:
             r["sources"] = rows[0]["sources"]
         rows = rows[:1] + merged + rows[1:]
         metrics = [k for k in rows[0] if k.startswith(("cosine", "top10", "spearman", "ppl"))]
-        columns = ["method", "calibration", "effective_bits", *metrics, "seconds"]
+        columns = ["method", "calibration", *(["seed"] if any("seed" in r for r in rows) else []), "effective_bits",
+                   *metrics, "seconds"]
         md = markdown_table([{c: r.get(c, "") for c in columns} for r in rows], columns)
+        spread = seed_spread(rows, metrics)
+        if spread:
+            spread_columns = ["method", "calibration", "seeds", "effective_bits", *metrics, "seconds"]
+            md += "\n\nOver the seeds (mean +- sample standard deviation):\n\n" + markdown_table(spread, spread_columns)
         sources = "; ".join(rows[0]["sources"].values())
         print(md + f"\n\nsources: {sources}")
         write_text(out / f"quality_{name}.md", md + f"\n\nEvaluation sources: {sources}. Device: {args.device}.\n")
         device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-        write_json(out / f"quality_{name}.json", {"args": vars(args), "device": device, "rows": rows})
+        write_json(out / f"quality_{name}.json", {"args": vars(args), "device": device, "rows": rows,
+                                                    **({"seed_spread": spread} if spread else {})})
         (out / f"quality_{name}.partial.json").unlink(missing_ok=True)  # the rows so far, kept only while running
         metric = "spearman sts-b" if "spearman sts-b" in metrics else f"ppl {OUT_OF_DOMAIN}"
         plot(rows, out / f"quality_{name}.png", metric, f"{name}: {metric} (out of the calibration domain)")
