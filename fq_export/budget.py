@@ -3,12 +3,17 @@
 ``allocate(adapter, config, batches, budget_bits)`` measures, on the full-precision model's
 Hessians, each layer's relative proxy loss ``tr(E H E^T) / tr(W H W^T)`` when quantized at 2 bits
 with every (r, side) of :data:`REDUNDANCIES` and at 4 bits with ``r = 1``; the 4-bit loss with a
-frame is taken as the 4-bit ``r = 1`` loss times the frame's measured 2-bit gain. Each choice's
-cost is its exact stored bits (codes with row padding, scales and zeros). A Lagrangian search
-then picks, per layer, the choice minimising ``loss + lambda * bits``, with the smallest
-``lambda`` whose model-wide effective bits fit the budget, and spends what is left on the
-upgrades that remove the most loss per bit; the result is a ``QuantConfig`` per layer. Only 2
-and 4 bits are used, so every export form (MatMulNBits included) can run the model.
+frame is taken as the 4-bit ``r = 1`` loss times the frame's measured 2-bit gain. A layer's own
+relative error says little about what it does to the model (on MiniLM, the query and key layers
+have the largest relative proxies and the least effect on the embeddings), so each layer's
+losses are then scaled by its measured effect on the output: with that layer alone quantized at
+2 bits with ``r = 1``, the model's output error on :data:`PROBE_BATCHES` calibration batches
+(:func:`output_error`) becomes that choice's loss, and the other choices keep their proxy ratios
+to it. Each choice's cost is its exact stored bits (codes with row padding, scales and zeros).
+A Lagrangian search then picks, per layer, the choice minimising ``loss + lambda * bits``, with
+the smallest ``lambda`` whose model-wide effective bits fit the budget, and spends what is left
+on the upgrades that remove the most loss per bit; the result is a ``QuantConfig`` per layer.
+Only 2 and 4 bits are used, so every export form (MatMulNBits included) can run the model.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ log = logging.getLogger(__name__)
 BITS = (2, 4)
 #: (r, side) choices for FrameQuant; other methods have one (no frames)
 REDUNDANCIES = ((1.0, "both"), (1.1, "input"), (1.1, "both"))
+#: calibration batches on which each layer's effect on the model's output is measured
+PROBE_BATCHES = 16
 
 
 def _choices(config: QuantConfig) -> list[QuantConfig]:
@@ -42,32 +49,57 @@ def stored_bits(config: QuantConfig, in_features: int, out_features: int, name: 
     return outs.size * (packing.words_per_row(ins.size, config.bits) * 32 + 32 * groups)
 
 
+def output_error(adapter, reference: torch.Tensor, output: torch.Tensor) -> float:
+    """How far the model's task output moved (summed over a batch's items): for a causal LM the
+    KL divergence of the next-token distributions from the reference's, summed over tokens; else
+    the squared error (sentence embeddings, class logits)."""
+    if adapter.family == "causal_lm":
+        teacher = torch.log_softmax(reference.to(torch.float32), dim=-1)
+        student = torch.log_softmax(output.to(torch.float32), dim=-1)
+        return float((teacher.exp() * (teacher - student)).sum())
+    return float((output.to(torch.float32) - reference.to(torch.float32)).pow(2).sum())
+
+
 @torch.no_grad()
 def sensitivities(adapter, config: QuantConfig, batches: list[dict], progress: bool = True) -> dict[str, list[tuple]]:
-    """Per layer: ``[(choice, stored bits, relative proxy loss)]`` over :func:`_choices`."""
+    """Per layer: ``[(choice, stored bits, loss)]`` over :func:`_choices`, the losses being the
+    layer's relative proxy losses scaled so that the 2-bit ``r = 1`` choice's loss is the model's
+    output error with that layer alone quantized so (see the module docstring)."""
     from tqdm.auto import tqdm
 
-    from .pipeline import collect_hessians
+    from .pipeline import collect_hessians, set_submodule, to_device
 
     hessians = collect_hessians(adapter, batches)
+    probe = [to_device(b, adapter.device) for b in batches[:PROBE_BATCHES]]
+    reference = [adapter.forward(b) for b in probe]
     out = {}
     choices = _choices(config)
+    key = lambda c: (c.bits, c.redundancy, c.redundancy_side)  # noqa: E731
+    probe_choice = next(c for c in choices if c.bits == 2 and (not c.use_frames or key(c)[1:] == (1.0, "both")))
     for name in tqdm(list(hessians), desc="sensitivity", unit="layer", disable=not progress):
         linear = adapter.model.get_submodule(name)
         h = hessians[name].hessian
         measured = {}
         for choice in choices:
             if choice.bits == 2 or (choice.redundancy == 1.0 or not choice.use_frames):
-                _, stats = quantize_linear(linear.weight, linear.bias, h, choice, name)
-                measured[(choice.bits, choice.redundancy, choice.redundancy_side)] = stats.frame_proxy_loss
+                layer, stats = quantize_linear(linear.weight, linear.bias, h, choice, name)
+                measured[key(choice)] = stats.frame_proxy_loss
+                if choice is probe_choice:
+                    probe_layer = layer
+        probe_layer.use_dense_weight(True)
+        set_submodule(adapter.model, name, probe_layer)
+        try:
+            error = sum(output_error(adapter, r, adapter.forward(b)) for b, r in zip(probe, reference))
+        finally:
+            set_submodule(adapter.model, name, linear)
+        scale = error / max(measured[key(probe_choice)], 1e-30)
         rows = []
         base2 = measured.get((2, 1.0, "both"))
         for choice in choices:
-            key = (choice.bits, choice.redundancy, choice.redundancy_side)
-            loss = measured.get(key)
+            loss = measured.get(key(choice))
             if loss is None:  # 4 bits with a frame: 4-bit r=1 loss times the frame's 2-bit gain
-                loss = measured[(choice.bits, 1.0, "both")] * measured[(2,) + key[1:]] / max(base2, 1e-30)
-            rows.append((choice, stored_bits(choice, linear.in_features, linear.out_features, name), loss))
+                loss = measured[(choice.bits, 1.0, "both")] * measured[(2,) + key(choice)[1:]] / max(base2, 1e-30)
+            rows.append((choice, stored_bits(choice, linear.in_features, linear.out_features, name), loss * scale))
         out[name] = rows
     return out
 

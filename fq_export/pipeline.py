@@ -48,13 +48,14 @@ class _StopForward(Exception):
     pass
 
 
-def _to(obj, device):
+def to_device(obj, device):
+    """``obj`` (a tensor, or lists, tuples and dicts of them) on ``device``."""
     if torch.is_tensor(obj):
         return obj.to(device)
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(o, device) for o in obj)
+        return type(obj)(to_device(o, device) for o in obj)
     if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device) for k, v in obj.items()}
     return obj
 
 
@@ -77,7 +78,7 @@ def capture_block_inputs(adapter: ModelAdapter, block: nn.Module, batches: list[
     try:
         for batch in batches:
             try:
-                adapter.forward(_to(batch, adapter.device))
+                adapter.forward(to_device(batch, adapter.device))
             except _StopForward:
                 pass
     finally:
@@ -190,7 +191,7 @@ def collect_hessians(adapter: ModelAdapter, batches: list[dict], names: list[str
         handles.append(module.register_forward_hook(lambda _m, args, _out, acc=acc: acc.add_batch(args[0])))
     try:
         for batch in batches:
-            adapter.forward(_to(batch, adapter.device))
+            adapter.forward(to_device(batch, adapter.device))
     finally:
         for handle in handles:
             handle.remove()

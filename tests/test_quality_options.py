@@ -443,3 +443,85 @@ def test_end_to_end_tuning_that_ends_worse_restores_the_norms():
     assert all(torch.equal(p, norms[n]) for n, p in model.named_parameters() if "layernorm" in n)
     assert all(torch.equal(m.scale, s) for m, s in zip([m for m in model.modules() if hasattr(m, "packed_codes")], scales))
     assert finetune.tuned_parameters(model) == {}
+
+
+class _ResidualToy(nn.Module):
+    """Two blocks: ``h = x + 1e-3 * a(x)``, then ``out = b(h)``. Layer ``a`` barely reaches the
+    output; ``b``'s weights lie near a 2-bit grid, so its own relative proxy loss is the smaller."""
+
+    def __init__(self, width=64, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.blocks = nn.ModuleList([nn.ModuleDict({"a": nn.Linear(width, width)}),
+                                     nn.ModuleDict({"b": nn.Linear(width, width)})])
+        with torch.no_grad():
+            b = self.blocks[1]["b"].weight
+            b.copy_(0.125 * torch.randint(-2, 2, b.shape) + 0.01 * torch.randn(b.shape))
+
+    def forward(self, x):
+        h = x + 1e-3 * self.blocks[0]["a"](x)
+        return self.blocks[1]["b"](h)
+
+
+def _toy_adapter():
+    from fq_export.models.base import ModelAdapter
+
+    model = _ResidualToy().eval()
+    return ModelAdapter("toy", "vit", model, [("blocks.0", model.blocks[0]), ("blocks.1", model.blocks[1])], {},
+                        chained=False)
+
+
+def test_output_error_matches_its_definitions():
+    gen = torch.Generator().manual_seed(0)
+    ref, out = torch.randn(2, 5, 11, generator=gen), torch.randn(2, 5, 11, generator=gen)
+    enc = type("A", (), {"family": "encoder"})()
+    lm = type("A", (), {"family": "causal_lm"})()
+    assert budget.output_error(enc, ref, out) == pytest.approx(float(((out - ref) ** 2).sum()), rel=1e-6)
+    p = np.exp(ref.double().numpy())
+    p /= p.sum(-1, keepdims=True)
+    q = np.exp(out.double().numpy())
+    q /= q.sum(-1, keepdims=True)
+    assert budget.output_error(lm, ref, out) == pytest.approx(float((p * np.log(p / q)).sum()), rel=1e-5)
+    assert budget.output_error(lm, ref, ref) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_budget_weighs_layers_by_their_effect_on_the_output():
+    """Each layer's 2-bit loss is the output error with that layer alone quantized (measured here
+    independently), its 4-bit loss keeps the proxy ratio, and the budget's one 4-bit upgrade goes
+    to the layer that reaches the output, not to the one whose own relative error is larger
+    (GPTQ without rotations, so that ``b`` stays near its grid)."""
+    from fq_export.pipeline import collect_hessians
+
+    adapter = _toy_adapter()
+    gen = torch.Generator().manual_seed(1)
+    batches = [{"pixel_values": torch.randn(8, 64, generator=gen)} for _ in range(6)]
+    config = QuantConfig(method="gptq", bits=2)
+    table = budget.sensitivities(adapter, config, batches, progress=False)
+    hessians = collect_hessians(adapter, batches)
+    x = torch.cat([b["pixel_values"] for b in batches])
+    proxies = {}
+    with torch.no_grad():
+        reference = adapter.model(x)
+        for name in ("blocks.0.a", "blocks.1.b"):
+            linear = adapter.model.get_submodule(name)
+            losses = {c.bits: loss for c, _, loss in table[name]}
+            stats = {}
+            for bits in (2, 4):
+                layer, stats[bits] = quantize_linear(linear.weight, linear.bias, hessians[name].hessian,
+                                                     QuantConfig(method="gptq", bits=bits), name)
+                if bits == 2:
+                    w_hat = layer.dense_weight().float()
+            if name == "blocks.0.a":
+                out = adapter.model.blocks[1]["b"](x + 1e-3 * (x @ w_hat.T + linear.bias))
+            else:
+                out = (x + 1e-3 * adapter.model.blocks[0]["a"](x)) @ w_hat.T + linear.bias
+            assert losses[2] == pytest.approx(float(((out - reference) ** 2).sum()), rel=1e-3)
+            assert losses[4] / losses[2] == pytest.approx(stats[4].frame_proxy_loss / stats[2].frame_proxy_loss, rel=1e-9)
+            proxies[name] = [(c, b, stats[c.bits].frame_proxy_loss) for c, b, _ in table[name]]
+    bits = {n: {c.bits: b for c, b, _ in rows} for n, rows in table.items()}
+    room = (bits["blocks.0.a"][2] + bits["blocks.1.b"][4]) / (2 * 64 * 64)
+    weights = {"blocks.0.a": 64 * 64, "blocks.1.b": 64 * 64}
+    chosen = budget.choose(table, weights, room)
+    assert chosen["blocks.1.b"].bits == 4 and chosen["blocks.0.a"].bits == 2
+    by_proxy = budget.choose(proxies, weights, room)  # the layers' own relative errors pick the other way
+    assert by_proxy["blocks.0.a"].bits == 4 and by_proxy["blocks.1.b"].bits == 2
