@@ -12,7 +12,8 @@ baselines (RTN, GPTQ, QuIP, QuIP+clip), group-wise GPTQ and RTN (RTN with groups
 onnxruntime's own weight-only quantizer's math), FrameQuant at r 1.0 / 1.1 both / 1.1 input (and
 r 1.0 with groups of 64), with and without fine-tuning ("+ ftN": N block-wise steps per block,
 then N end-to-end steps, as ``--finetune-steps N`` does; for a causal LM also with its norm
-weights left as they were), and under a bit budget; for MiniLM also onnxruntime's own 2-bit and
+weights left as they were), and under a bit budget (where the CLI spends the default recipe's
+own bits by a budget, as for MiniLM, that row too: the default); for MiniLM also onnxruntime's own 2-bit and
 4-bit exports of the fp32 ONNX, evaluated in onnxruntime. ``--calib A,B,...`` runs the
 default recipe once per extra calibration source (how the default source was chosen);
 ``--seeds 0,1,2,3`` runs every row once per seed and adds each figure's mean and spread over
@@ -38,6 +39,7 @@ from calib import corpora  # noqa: E402
 from calib.metrics import cosine_rows, spearman, topk_neighbour_agreement  # noqa: E402
 from calib.sources import DEFAULT_CALIBRATION, calibration_batches  # noqa: E402
 from fq_export.accounting import model_effective_bits  # noqa: E402
+from fq_export.budget import default_budget  # noqa: E402
 from fq_export.cli.evaluate import embed, perplexity, read_pairs  # noqa: E402
 from fq_export.config import QuantConfig  # noqa: E402
 from fq_export.io import markdown_table, write_json, write_text  # noqa: E402
@@ -47,8 +49,9 @@ from fq_export.pipeline import default_finetune_steps, dense_weights, quantize  
 OUT_OF_DOMAIN = "bbc-news"
 
 
-def rows_to_run(steps: int, budget: float, family: str = "encoder") -> list[dict]:
-    """(name, config fields, fine-tuning steps, budget) of every row of a model of ``family``."""
+def rows_to_run(steps: int, budget: float, family: str = "encoder", default_budget: float | None = None) -> list[dict]:
+    """(name, config fields, fine-tuning steps, budget) of every row of a model of ``family``;
+    ``default_budget``: the CLI's own budget for the model (:func:`fq_export.budget.default_budget`)."""
     fq = lambda r, side, **kw: dict(method="framequant", redundancy=r, redundancy_side=side, **kw)  # noqa: E731
     rows = [
         ("rtn", dict(method="rtn")), ("gptq", dict(method="gptq")), ("quip", dict(method="quip")),
@@ -64,7 +67,9 @@ def rows_to_run(steps: int, budget: float, family: str = "encoder") -> list[dict
             {"name": f"framequant r1.0 g64 + ft{steps}", "config": fq(1.0, "both", group_size=64), "steps": steps,
              "budget": None},
             {"name": f"framequant r1.1 both + ft{steps}", "config": fq(1.1, "both"), "steps": steps, "budget": None,
-             "default": True},
+             "default": default_budget is None},
+            *([{"name": f"framequant budget {default_budget:.3f} (default) + ft{steps}", "config": fq(1.1, "both"),
+                "steps": steps, "budget": default_budget, "default": True}] if default_budget is not None else []),
             *([{"name": f"framequant r1.1 both + ft{steps} (norms fixed)", "config": fq(1.1, "both"), "steps": steps,
                 "budget": None, "tune_norms": False}] if family == "causal_lm" else []),
             {"name": f"framequant budget {budget} + ft{steps}", "config": fq(1.1, "both"), "steps": steps,
@@ -113,7 +118,7 @@ def run(name: str, args) -> list[dict]:
     results = [{"model": name, "method": "full precision", "effective_bits": 32.0, "seconds": 0.0,
                 "calibration": "-", **evaluator(adapter=base)}]
     print(results[-1], flush=True)
-    rows = rows_to_run(steps, args.budget, base.family)
+    rows = rows_to_run(steps, args.budget, base.family, default_budget(base, QuantConfig(bits=2)))
     plan = [(sources[0], row) for row in rows]
     plan += [(src, row) for src in sources[1:] for row in rows if row.get("default")]
     if args.only:  # the rows named, in the order named; "NAME@SOURCE" for a row of another source

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from fq_export.cli import main
 
 
@@ -38,6 +40,8 @@ def test_quantize_eval_roundtrip_is_deterministic(tmp_path):
     report = json.loads((tmp_path / "a.json").read_text())
     assert report["totals"]["quantized_layers"] == 36 and 2.0 < report["totals"]["effective_bits"] < 3.0
     assert report["calibration"] == {"source": "corpus:docstrings+flatland:calib", "samples": 8}
+    assert report["budget_bits"] is None  # --r given: the fixed recipe on every layer
+    assert {layer["method"] for layer in report["layers"]} == {"framequant-r1.1-both"}
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("sentence1\tsentence2\tscore\n"
                      "A man is playing a guitar.\tA man plays the guitar.\t5.0\n"
@@ -48,6 +52,24 @@ def test_quantize_eval_roundtrip_is_deterministic(tmp_path):
     assert run_cli("eval", "--checkpoint", a, "--pairs", pairs, "--limit", "32", "--json", out) == 0
     result = json.loads(out.read_text())
     assert -1.0 <= result["spearman"] <= 1.0 and 0.0 < result["embedding_cosine"] <= 1.0
+
+
+def test_default_recipe_spends_its_own_bits_by_a_budget(tmp_path):
+    """Without --r and --side, a 2-bit MiniLM spends r 1.1 both's bits, layer by layer, where its
+    output is most sensitive: mixed recipes, no more bits than the fixed recipe."""
+    from fq_export.budget import recipe_bits
+    from fq_export.config import QuantConfig
+    from fq_export.models import load_model
+
+    report_path = tmp_path / "r.json"
+    assert run_cli("quantize", "--model", "minilm", "--bits", "2", "--calib-samples", "8", "--finetune-steps", "0",
+                   "--no-progress", "--out", tmp_path / "m.safetensors", "--report", report_path) == 0
+    report = json.loads(report_path.read_text())
+    fixed = recipe_bits(load_model("minilm"), QuantConfig(bits=2))
+    assert report["budget_bits"] == pytest.approx(fixed)
+    assert report["totals"]["effective_bits"] <= fixed + 1e-9
+    recipes = {(layer["bits"], layer["method"]) for layer in report["layers"]}
+    assert len(recipes) > 1 and any(bits == 4 for bits, _ in recipes)
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):

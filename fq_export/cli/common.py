@@ -36,8 +36,9 @@ def _model_args(p: argparse.ArgumentParser, required: bool = False, default: str
 
 def _quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="framequant", choices=["framequant", "gptq", "quip", "quip-clip", "rtn"])
-    p.add_argument("--r", type=float, default=1.1, help="frame redundancy (framequant); nearest valid value at or below is used")
-    p.add_argument("--side", default="both", choices=["both", "input"], help="redundancy on both sides or the input only")
+    p.add_argument("--r", type=float, help="frame redundancy (framequant; default 1.1); nearest valid value at or below "
+                                         "is used")
+    p.add_argument("--side", choices=["both", "input"], help="redundancy on both sides (default) or the input only")
     p.add_argument("--bits", type=int, default=2, choices=[2, 3, 4, 8])
     p.add_argument("--clip-sigma", type=float, default=2.0, help="row clipping to mean +- c sigma; 0 turns it off")
     p.add_argument("--act-order", action="store_true", help="GPTQ activation order")
@@ -52,8 +53,10 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
                         "to match the full-precision model's output (causal LMs: next-token KL; default: "
                         "the --finetune-steps count)")
     p.add_argument("--budget-bits", type=float,
-                   help="choose each layer's bits, r and side from measured sensitivity so that the model's "
-                        "effective bits stay at or under this budget (overrides --bits, --r and --side)")
+                   help="choose each layer's bits, r and side from its measured effect on the output so that the "
+                        "model's effective bits stay at or under this budget (overrides --bits, --r and --side; "
+                        "default: 2-bit FrameQuant with --r and --side not given, on a model of up to 50M block "
+                        "weights, spends the bits of r 1.1 on both sides this way)")
     p.add_argument("--calib", help="calibration data: text file/folder, image folder, or hf:NAME[:SPLIT[:FIELD]]; "
                                    "default: offline real data (see README)")
     p.add_argument("--calib-samples", type=int, default=128)
@@ -221,7 +224,8 @@ def one_line(exc: BaseException) -> str:
 def _config(args):
     from fq_export.config import QuantConfig
 
-    return QuantConfig(method=args.method, bits=args.bits, redundancy=args.r, redundancy_side=args.side,
+    return QuantConfig(method=args.method, bits=args.bits, redundancy=1.1 if args.r is None else args.r,
+                       redundancy_side=args.side or "both",
                        clip_sigma=args.clip_sigma or None, act_order=args.act_order, seed=args.seed,
                        group_size=args.group_size)
 
@@ -235,6 +239,7 @@ def _load(args):
 def _quantize(args):
     from calib.sources import calibration_batches
     from fq_export.accounting import model_effective_bits
+    from fq_export.budget import default_budget
     from fq_export.pipeline import default_finetune_steps, quantize, stats_table
 
     config = _config(args)
@@ -244,14 +249,18 @@ def _quantize(args):
     start = time.perf_counter()
     steps = default_finetune_steps(args.device, adapter) if args.finetune_steps is None else args.finetune_steps
     e2e_steps = steps if args.e2e_steps is None else args.e2e_steps
+    budget = args.budget_bits
+    if budget is None and args.r is None and args.side is None:
+        budget = default_budget(adapter, config)
     stats = quantize(adapter, config, batches, progress=not args.no_progress, finetune_steps=steps,
-                     budget_bits=args.budget_bits, e2e_steps=e2e_steps)
+                     budget_bits=budget, e2e_steps=e2e_steps)
     seconds = time.perf_counter() - start
     totals = model_effective_bits(adapter.model)
     report = {"model": adapter.source, "config": config.to_dict(), "calibration": {"source": where, "samples": len(batches)},
-              "finetune_steps": steps, "e2e_steps": e2e_steps, "budget_bits": args.budget_bits,
+              "finetune_steps": steps, "e2e_steps": e2e_steps, "budget_bits": budget,
               "totals": totals, "quantize_seconds": seconds, "layers": stats_table(stats)}
-    print(f"quantized {totals['quantized_layers']} layers of {adapter.name} with {config.label} in {seconds:.1f}s: "
+    recipe = config.label if budget is None else f"a {budget:.3f}-bit budget ({config.method}, per-layer recipes)"
+    print(f"quantized {totals['quantized_layers']} layers of {adapter.name} with {recipe} in {seconds:.1f}s: "
           f"effective bits {totals['effective_bits']:.3f}")
     return adapter, config, report
 
