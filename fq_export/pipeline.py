@@ -34,7 +34,7 @@ CPU_FINETUNE_MAX_WEIGHTS = 50_000_000
 def default_finetune_steps(device, adapter: ModelAdapter | None = None) -> int:
     """:data:`DEFAULT_FINETUNE_STEPS` on a GPU. On a CPU, :data:`CPU_FINETUNE_STEPS` for a model
     whose blocks hold at most :data:`CPU_FINETUNE_MAX_WEIGHTS` linear weights, else none: 50 steps
-    of MiniLM's six blocks (21M weights) take about 40 s on two cores, 100 steps of a 100M-weight
+    of MiniLM's six blocks (11M weights) take about 40 s on two cores, 100 steps of a 100M-weight
     model would take many minutes (``--finetune-steps N`` opts in)."""
     if torch.device(device).type == "cuda":
         return DEFAULT_FINETUNE_STEPS
