@@ -5,11 +5,11 @@ Hessians, each layer's relative proxy loss ``tr(E H E^T) / tr(W H W^T)`` when qu
 with every (r, side) of :data:`REDUNDANCIES` and at 4 bits with ``r = 1``; the 4-bit loss with a
 frame is taken as the 4-bit ``r = 1`` loss times the frame's measured 2-bit gain. A layer's own
 relative error says little about what it does to the model (on MiniLM, the query and key layers
-have the largest relative proxies and the least effect on the embeddings), so each layer's
-losses are then scaled by its measured effect on the output: with that layer alone quantized at
-2 bits with ``r = 1``, the model's output error on :data:`PROBE_BATCHES` calibration batches
-(:func:`output_error`) becomes that choice's loss, and the other choices keep their proxy ratios
-to it. Each choice's cost is its exact stored bits (codes with row padding, scales and zeros).
+have larger relative proxies than the MLP input layers and a tenth of their effect on the
+embeddings), so each layer's losses are then scaled by its measured effect on the output: with
+that layer alone quantized at 2 bits with ``r = 1``, the model's output error on
+:data:`PROBE_BATCHES` calibration batches (:func:`output_error`) becomes that choice's loss, and
+the other choices keep their proxy ratios to it. Each choice's cost is its exact stored bits (codes with row padding, scales and zeros).
 A Lagrangian search then picks, per layer, the choice minimising ``loss + lambda * bits``, with
 the smallest ``lambda`` whose model-wide effective bits fit the budget, and spends what is left
 on the upgrades that remove the most loss per bit; the result is a ``QuantConfig`` per layer.
