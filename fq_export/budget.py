@@ -9,11 +9,12 @@ have larger relative proxies than the MLP input layers and a tenth of their effe
 embeddings), so each layer's losses are then scaled by its measured effect on the output: with
 that layer alone quantized at 2 bits with ``r = 1``, the model's output error on
 :data:`PROBE_BATCHES` calibration batches (:func:`output_error`) becomes that choice's loss, and
-the other choices keep their proxy ratios to it. Each choice's cost is its exact stored bits (codes with row padding, scales and zeros).
-A Lagrangian search then picks, per layer, the choice minimising ``loss + lambda * bits``, with
-the smallest ``lambda`` whose model-wide effective bits fit the budget, and spends what is left
-on the upgrades that remove the most loss per bit; the result is a ``QuantConfig`` per layer.
-Only 2 and 4 bits are used, so every export form (MatMulNBits included) can run the model.
+the other choices keep their proxy ratios to it. Each choice's cost is its exact stored bits
+(codes with row padding, scales and zeros). A Lagrangian search then picks, per layer, the choice
+minimising ``loss + lambda * bits``, with the smallest ``lambda`` whose model-wide effective bits
+fit the budget, and spends what is left on the upgrades that remove the most loss per bit; the
+result is a ``QuantConfig`` per layer. Only 2 and 4 bits are used, so every export form
+(MatMulNBits included) can run the model.
 """
 from __future__ import annotations
 
@@ -163,10 +164,11 @@ def default_budget(adapter, config: QuantConfig) -> float | None:
     model keeps its size and spends them where its output is most sensitive; otherwise ``None``
     (the fixed recipe). On MiniLM (seeds 0-3) this raised the embedding cosine to full precision
     from 0.790 / 0.854 / 0.746 to 0.841 / 0.892 / 0.799 on *Flatland* / docstrings / BBC News."""
+    from .pipeline import block_weights
+
     if config.method != "framequant" or config.bits != 2 or config.group_size is not None:
         return None
-    weights = sum(adapter.model.get_submodule(n).weight.numel() for n in adapter.linear_names())
-    return recipe_bits(adapter, config) if weights <= DEFAULT_BUDGET_MAX_WEIGHTS else None
+    return recipe_bits(adapter, config) if block_weights(adapter) <= DEFAULT_BUDGET_MAX_WEIGHTS else None
 
 
 def allocate(adapter, config: QuantConfig, batches: list[dict], budget_bits: float,

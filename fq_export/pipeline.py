@@ -40,8 +40,13 @@ def default_finetune_steps(device, adapter: ModelAdapter | None = None) -> int:
         return DEFAULT_FINETUNE_STEPS
     if adapter is None:
         return 0
-    weights = sum(m.weight.numel() for _, block in adapter.blocks for m in block.modules() if isinstance(m, nn.Linear))
-    return CPU_FINETUNE_STEPS if weights <= CPU_FINETUNE_MAX_WEIGHTS else 0
+    return CPU_FINETUNE_STEPS if block_weights(adapter) <= CPU_FINETUNE_MAX_WEIGHTS else 0
+
+
+def block_weights(adapter: ModelAdapter) -> int:
+    """Weights of the linears inside ``adapter``'s blocks: what quantization and tuning work on,
+    and what the defaults that depend on model size count."""
+    return sum(m.weight.numel() for _, block in adapter.blocks for m in block.modules() if isinstance(m, nn.Linear))
 
 
 class _StopForward(Exception):
