@@ -49,51 +49,81 @@ def gptq_quantize(
     act_order: bool = False,
 ) -> torch.Tensor:
     """Codes (``rows x cols``, float holding integers) of ``weight`` on ``grid`` by GPTQ."""
-    w = weight.clone().to(torch.float32)
-    h = hessian.clone().to(torch.float64)
-    cols = w.shape[1]
-    if h.shape != (cols, cols):
-        raise ValueError(f"Hessian shape {tuple(h.shape)} does not match {cols} weight columns")
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    perm = None
-    group = grid.group_size
+    return gptq_quantize_many([weight], [hessian], [grid], block_size, damp, act_order)[0]
+
+
+def gptq_quantize_many(
+    weights: list[torch.Tensor],
+    hessians: list[torch.Tensor],
+    grids: list[RowGrid],
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = False,
+) -> list[torch.Tensor]:
+    """:func:`gptq_quantize` of several problems of one shape at once, as one batch.
+
+    Each problem keeps its own Hessian and grid and gets the codes it would get alone (up to
+    float rounding); the column loop runs once for all of them, which is what costs on a GPU,
+    where one problem's small operations leave it idle.
+    """
+    if not (len(weights) == len(hessians) == len(grids)) or not weights:
+        raise ValueError("gptq_quantize_many needs as many Hessians and grids as weights, and at least one")
+    shapes = {tuple(w.shape) for w in weights}
+    if len(shapes) != 1:
+        raise ValueError(f"problems of one batch must share a weight shape, got {sorted(shapes)}")
+    bits, group = grids[0].bits, grids[0].group_size
+    if any((g.bits, g.group_size) != (bits, group) for g in grids):
+        raise ValueError("problems of one batch must share bits and group size")
+    w = torch.stack([x.to(torch.float32) for x in weights])
+    h = torch.stack([x.to(w.device, torch.float64) for x in hessians])
+    cols = w.shape[2]
+    if h.shape[1:] != (cols, cols):
+        raise ValueError(f"Hessian shape {tuple(h.shape[1:])} does not match {cols} weight columns")
     if group is not None and (act_order or block_size % group):
         raise ValueError(f"group size {group} needs act_order off and a block size that it divides ({block_size})")
+    dead = torch.diagonal(h, dim1=1, dim2=2) == 0
+    torch.diagonal(h, dim1=1, dim2=2).add_(dead.to(h.dtype))  # a dead input's diagonal becomes 1
+    w.masked_fill_(dead[:, None, :], 0.0)
+    perm = None
     if act_order:
-        perm = torch.argsort(torch.diag(h), descending=True)
-        w, h = w[:, perm], h[perm][:, perm]
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype, device=h.device)
+        perm = torch.argsort(torch.diagonal(h, dim1=1, dim2=2), dim=1, descending=True)
+        w = w.gather(2, perm[:, None, :].expand_as(w))
+        h = h.gather(1, perm[:, :, None].expand_as(h)).gather(2, perm[:, None, :].expand_as(h))
+    diagonal = torch.diagonal(h, dim1=1, dim2=2)
+    diagonal.add_(damp * diagonal.mean(1, keepdim=True))
     # Upper Cholesky factor of H^-1: row i holds the update weights for column i.
-    eye = torch.eye(cols, dtype=h.dtype, device=h.device)
+    eye = torch.eye(cols, dtype=h.dtype, device=h.device).expand_as(h)
     lower_inv = torch.linalg.solve_triangular(torch.linalg.cholesky(h), eye, upper=False)
-    hinv = torch.linalg.cholesky(lower_inv.T @ lower_inv, upper=True)
-    hinv = hinv.to(torch.float32)
-    scale, zero = grid.scale.to(w)[:, 0], grid.zero.to(w)[:, 0]
+    del h
+    hinv = torch.linalg.cholesky(lower_inv.mT @ lower_inv, upper=True).to(torch.float32)
+    del lower_inv
+    scale = torch.stack([g.scale.to(w)[:, 0] for g in grids])
+    zero = torch.stack([g.zero.to(w)[:, 0] for g in grids])
+    maxq = grids[0].maxq
     group_scales, group_zeros = [], []
     codes = torch.zeros_like(w)
     for start in range(0, cols, block_size):
         stop = min(start + block_size, cols)
-        block = w[:, start:stop].clone()
+        block = w[:, :, start:stop].clone()
         errors = torch.zeros_like(block)
-        hblock = hinv[start:stop, start:stop]
+        hblock = hinv[:, start:stop, start:stop]
         for i in range(stop - start):
             if group is not None and (start + i) % group == 0:
-                s, z = fit_min_max(block[:, i:i + group], grid.bits)
-                scale, zero = s[:, 0], z[:, 0]
+                s, z = fit_min_max(block[:, :, i:i + group], bits)
+                scale, zero = s[:, :, 0], z[:, :, 0]
                 group_scales.append(s)
                 group_zeros.append(z)
-            column = block[:, i]
-            q = torch.clamp(torch.round(column / scale) + zero, 0, grid.maxq)
-            codes[:, start + i] = q
-            err = (column - scale * (q - zero)) / hblock[i, i]
-            block[:, i:].addr_(err, hblock[i, i:], alpha=-1.0)
-            errors[:, i] = err
-        w[:, stop:] -= errors @ hinv[start:stop, stop:]
+            column = block[:, :, i]
+            q = torch.clamp(torch.round(column / scale) + zero, 0, maxq)
+            codes[:, :, start + i] = q
+            err = (column - scale * (q - zero)) / hblock[:, i, i, None]
+            block[:, :, i:].baddbmm_(err[:, :, None], hblock[:, i:i + 1, i:], alpha=-1.0)
+            errors[:, :, i] = err
+        w[:, :, stop:] -= errors @ hinv[:, start:stop, stop:]
     if perm is not None:
-        codes = codes[:, torch.argsort(perm)]
+        codes = codes.gather(2, torch.argsort(perm, dim=1)[:, None, :].expand_as(codes))
     if group is not None:
-        grid.scale = torch.cat(group_scales, 1).to(grid.scale)
-        grid.zero = torch.cat(group_zeros, 1).to(grid.zero)
-    return codes
+        for k, g in enumerate(grids):
+            g.scale = torch.cat([s[k] for s in group_scales], 1).to(g.scale)
+            g.zero = torch.cat([z[k] for z in group_zeros], 1).to(g.zero)
+    return list(codes.unbind(0))

@@ -42,10 +42,10 @@ def clip_rows(weight: torch.Tensor, sigma: float | None) -> torch.Tensor:
 
 
 def fit_min_max(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min/max scale and zero of each row of ``weight`` (``(rows, 1)``; the range always holds 0)."""
+    """Min/max scale and zero of each row of ``weight`` (``(..., rows, 1)``; the range always holds 0)."""
     maxq = 2**bits - 1
-    lo = torch.clamp(weight.min(dim=1, keepdim=True).values, max=0)
-    hi = torch.clamp(weight.max(dim=1, keepdim=True).values, min=0)
+    lo = torch.clamp(weight.min(dim=-1, keepdim=True).values, max=0)
+    hi = torch.clamp(weight.max(dim=-1, keepdim=True).values, min=0)
     flat = (hi - lo) == 0
     lo = torch.where(flat, lo - 1, lo)
     hi = torch.where(flat, hi + 1, hi)

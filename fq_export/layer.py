@@ -10,6 +10,7 @@ with fast transforms, never a dense ``W``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from torch import nn
 from . import packing
 from .basis import SideBasis, SideRecipe
 from .config import QuantConfig
-from .gptq import gptq_quantize
+from .gptq import gptq_quantize_many
 from .grid import RowGrid, check_group_size, clip_rows, expand_groups, num_groups
 
 
@@ -198,39 +199,99 @@ def quantize_linear(
 
     The Hessian may be ``None`` only for RTN. Computation is float64 on the weight's device.
     """
+    return quantize_linears([LinearJob(name, weight, bias, hessian, config)])[0]
+
+
+@dataclass
+class LinearJob:
+    """One layer for :func:`quantize_linears`: what :func:`quantize_linear` takes."""
+    name: str
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    hessian: torch.Tensor | None
+    config: QuantConfig
+
+
+@dataclass
+class _FrameProblem:
+    job: LinearJob
+    in_recipe: SideRecipe
+    out_recipe: SideRecipe
+    d: torch.Tensor  # D = P_out^T W P_in (float64)
+    h_frame: torch.Tensor | None  # P_in^T H P_in
+    d_clipped: torch.Tensor
+    grid: RowGrid
+    seconds: float
+
+
+def _frame_problem(job: LinearJob) -> _FrameProblem:
     start = time.perf_counter()
-    out_features, in_features = weight.shape
-    if config.use_gptq and hessian is None:
+    config, name = job.config, job.name
+    out_features, in_features = job.weight.shape
+    if config.use_gptq and job.hessian is None:
         raise ValueError(f"layer {name}: method {config.method} needs calibration inputs (a Hessian)")
     in_recipe, out_recipe = side_recipes(config, in_features, out_features, name)
     in_basis, out_basis = SideBasis(in_recipe), SideBasis(out_recipe)
-    w = weight.detach().to(torch.float64)
+    w = job.weight.detach().to(torch.float64)
     # D = P_out^T W P_in with fast transforms: rows of W through P_in^T, then columns through P_out^T.
     d = out_basis.to_frame(in_basis.to_frame(w).T).T
     h_frame = None
-    if hessian is not None:
-        h = hessian.to(w.device, torch.float64)
+    if job.hessian is not None:
+        h = job.hessian.to(w.device, torch.float64)
         h_frame = in_basis.to_frame(in_basis.to_frame(h).T)  # P_in^T H P_in
     d_clipped = clip_rows(d, config.effective_clip)
     grid = RowGrid.fit(d_clipped, config.bits, config.group_size)
-    if config.use_gptq:
-        codes = gptq_quantize(d_clipped, h_frame, grid, config.block_size, config.damp, config.act_order)
-    else:
-        codes = grid.codes(d_clipped)
+    return _FrameProblem(job, in_recipe, out_recipe, d, h_frame, d_clipped, grid, time.perf_counter() - start)
+
+
+def _finish(problem: _FrameProblem, codes: torch.Tensor) -> tuple[FrameQuantLinear, LayerStats]:
+    job, config, grid, d = problem.job, problem.job.config, problem.grid, problem.d
     layer = FrameQuantLinear(
-        in_recipe, out_recipe, config.bits,
+        problem.in_recipe, problem.out_recipe, config.bits,
         packing.pack_codes(codes.to(torch.int64).cpu(), config.bits),
         grid.scale.cpu(), grid.zero.cpu(),
-        None if bias is None else bias.detach().cpu(), method=config.label, group_size=config.group_size,
-    ).to(weight.device)
+        None if job.bias is None else job.bias.detach().cpu(), method=config.label, group_size=config.group_size,
+    ).to(job.weight.device)
     proxy = math.nan
-    if h_frame is not None:
+    if problem.h_frame is not None:
         err = (d - layer.dequantized_codes().to(d))
+        h = problem.h_frame
         # tr(E H E^T) as sum((E H) * E): one product instead of two
-        proxy = float(((err @ h_frame) * err).sum() / ((d @ h_frame) * d).sum().clamp_min(1e-300))
-    stats = LayerStats(name, config.label, in_recipe.redundancy, out_recipe.redundancy, config.bits,
-                       layer.effective_bits, proxy, time.perf_counter() - start)
+        proxy = float(((err @ h) * err).sum() / ((d @ h) * d).sum().clamp_min(1e-300))
+    stats = LayerStats(job.name, config.label, problem.in_recipe.redundancy, problem.out_recipe.redundancy,
+                       config.bits, layer.effective_bits, proxy, 0.0)
     return layer, stats
+
+
+def quantize_linears(jobs: list[LinearJob], batch: bool | None = None) -> list[tuple[FrameQuantLinear, LayerStats]]:
+    """:func:`quantize_linear` of every job, in order. With ``batch`` (default: on a GPU; a CPU
+    gains no speed from it, its operations not being launch-bound, and would hold every problem
+    of a batch in memory at once), jobs of one weight shape and one recipe go through GPTQ as one
+    batch (:func:`gptq_quantize_many`). Each layer's ``seconds`` is its own transforms and
+    packing plus an equal share of its batch's GPTQ."""
+    batches: dict[tuple, list[int]] = {}
+    for index, job in enumerate(jobs):
+        together = job.weight.device.type != "cpu" if batch is None else batch
+        # one weight shape and one recipe (seeds aside) give one frame-space shape
+        key = (tuple(job.weight.shape), job.weight.device, dataclasses.replace(job.config, seed=0))
+        batches.setdefault(key + (() if together else (index,)), []).append(index)
+    out: list = [None] * len(jobs)
+    for indices in batches.values():
+        problems = [_frame_problem(jobs[i]) for i in indices]
+        start = time.perf_counter()
+        config = jobs[indices[0]].config
+        if config.use_gptq:
+            found = gptq_quantize_many([p.d_clipped for p in problems], [p.h_frame for p in problems],
+                                       [p.grid for p in problems], config.block_size, config.damp, config.act_order)
+        else:
+            found = [p.grid.codes(p.d_clipped) for p in problems]
+        share = (time.perf_counter() - start) / len(indices)
+        for index, problem, codes in zip(indices, problems, found):
+            start = time.perf_counter()
+            layer, stats = _finish(problem, codes)
+            stats.seconds = problem.seconds + share + time.perf_counter() - start
+            out[index] = (layer, stats)
+    return out
 
 
 def relative_output_error(weight: torch.Tensor, weight_hat: torch.Tensor, hessian: torch.Tensor) -> float:

@@ -20,7 +20,7 @@ from torch import nn
 from .config import QuantConfig
 from .finetune import finetune_block, finetune_chain, first_output, next_args
 from .gptq import HessianAccumulator
-from .layer import FrameQuantLinear, LayerStats, quantize_linear
+from .layer import FrameQuantLinear, LayerStats, LinearJob, quantize_linears
 from .models.base import ModelAdapter
 
 log = logging.getLogger(__name__)
@@ -150,11 +150,12 @@ def quantize(adapter: ModelAdapter, config: QuantConfig, batches: list[dict], pr
                 source = fp_inputs if adapter.chained else inputs
                 targets = [first_output(block(*args, **kwargs)).to(torch.float32) for args, kwargs in source]
             hessians = _block_hessians(block, prefix, inputs)
+            bar.set_postfix_str(prefix)
+            jobs = []
             for name, acc in hessians.items():
-                bar.set_postfix_str(f"{name}")
                 linear = adapter.model.get_submodule(name)
-                layer, layer_stats = quantize_linear(linear.weight, linear.bias, acc.hessian,
-                                                     layer_configs.get(name, config), name)
+                jobs.append(LinearJob(name, linear.weight, linear.bias, acc.hessian, layer_configs.get(name, config)))
+            for name, (layer, layer_stats) in zip(hessians, quantize_linears(jobs)):
                 set_submodule(adapter.model, name, layer)
                 layer.use_dense_weight(True)  # the same W_hat as one product, for the passes still to come
                 stats.append(layer_stats)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fq_export.gptq import HessianAccumulator, gptq_quantize
+from fq_export.gptq import HessianAccumulator, gptq_quantize, gptq_quantize_many
 from fq_export.grid import RowGrid, clip_rows
 
 
@@ -80,3 +80,65 @@ def test_clip_rows_against_numpy_statistics():
     lo = wn.mean(1) - 2 * wn.std(1)
     assert (clipped.numpy() <= hi[:, None] + 1e-12).all() and (clipped.numpy() >= lo[:, None] - 1e-12).all()
     assert clip_rows(w, None) is w
+
+
+def _problems(count, rows=16, cols=40, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for k in range(count):
+        w = torch.randn(rows, cols, generator=gen, dtype=torch.float64) * (1 + k)
+        x = torch.randn(300, cols, generator=gen, dtype=torch.float64) * torch.linspace(0.2, 2 + k, cols, dtype=torch.float64)
+        h = x.T @ x / 300
+        if k == 1:
+            h[5, :] = h[:, 5] = 0  # a dead input column
+        out.append((w, h))
+    return out
+
+
+@pytest.mark.parametrize("block_size", [128, 16])
+def test_batched_gptq_solves_each_problem_as_the_reference(block_size):
+    problems = _problems(3)
+    grids = [RowGrid.fit(w, 2) for w, _ in problems]
+    codes = gptq_quantize_many([w for w, _ in problems], [h for _, h in problems], grids, block_size=block_size)
+    for (w, h), grid, got in zip(problems, grids, codes):
+        alive = torch.diag(h) != 0
+        w_ref = w.clone()
+        w_ref[:, ~alive] = 0
+        h_ref = h.clone()
+        h_ref[~alive, ~alive] = 1
+        ref = reference_gptq(w_ref, h_ref, grid, 0.01)
+        assert got.shape == w.shape
+        assert (got.double() == ref).double().mean() > 0.99
+
+
+def test_batched_gptq_with_activation_order_matches_the_permuted_reference():
+    problems = [p for k, p in enumerate(_problems(3)) if k != 1]  # no dead column
+    grids = [RowGrid.fit(w, 3) for w, _ in problems]
+    codes = gptq_quantize_many([w for w, _ in problems], [h for _, h in problems], grids, act_order=True)
+    for (w, h), grid, got in zip(problems, grids, codes):
+        perm = torch.argsort(torch.diag(h), descending=True)
+        ref = reference_gptq(w[:, perm], h[perm][:, perm], grid, 0.01)[:, torch.argsort(perm)]
+        assert (got.double() == ref).double().mean() > 0.99
+
+
+def test_batched_gptq_fits_each_problems_own_groups():
+    problems = _problems(3, cols=64)
+    alone = [RowGrid.fit(w, 2, group_size=32) for w, _ in problems]
+    together = [RowGrid.fit(w, 2, group_size=32) for w, _ in problems]
+    one_by_one = [gptq_quantize(w, h, g, block_size=64) for (w, h), g in zip(problems, alone)]
+    batched = gptq_quantize_many([w for w, _ in problems], [h for _, h in problems], together, block_size=64)
+    for a, b, ga, gb in zip(one_by_one, batched, alone, together):
+        assert gb.scale.shape == (16, 2)
+        torch.testing.assert_close(ga.scale, gb.scale)
+        assert (a == b).double().mean() > 0.99
+    assert not torch.equal(together[0].scale, together[2].scale)
+
+
+def test_batched_gptq_rejects_mixed_problems():
+    (w, h), = _problems(1)
+    with pytest.raises(ValueError, match="share a weight shape"):
+        gptq_quantize_many([w, w[:, :20]], [h, h[:20, :20]], [RowGrid.fit(w, 2), RowGrid.fit(w[:, :20], 2)])
+    with pytest.raises(ValueError, match="share bits"):
+        gptq_quantize_many([w, w], [h, h], [RowGrid.fit(w, 2), RowGrid.fit(w, 3)])
+    with pytest.raises(ValueError, match="as many"):
+        gptq_quantize_many([w, w], [h], [RowGrid.fit(w, 2)])

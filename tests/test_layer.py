@@ -7,7 +7,7 @@ from fq_export import packing
 from fq_export.basis import SideBasis
 from fq_export.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fq_export.config import QuantConfig
-from fq_export.layer import FrameQuantLinear, quantize_linear, relative_output_error
+from fq_export.layer import FrameQuantLinear, LinearJob, quantize_linear, quantize_linears, relative_output_error
 
 CONFIGS = [
     QuantConfig(method="rtn"),
@@ -135,3 +135,34 @@ def test_dense_tensor_matches_the_float64_basis(dim, rotate, r):
     got = basis.dense_tensor("cpu")
     assert got.dtype == torch.float32 and tuple(got.shape) == reference.shape
     np.testing.assert_allclose(got.double().numpy(), reference, rtol=0, atol=1e-6)
+
+
+def test_quantize_linears_batches_same_shapes_and_matches_one_by_one(monkeypatch):
+    import fq_export.layer as layer_module
+
+    calls = []
+    original = layer_module.gptq_quantize_many
+
+    def counting(weights, *args, **kwargs):
+        calls.append(len(weights))
+        return original(weights, *args, **kwargs)
+
+    jobs = []
+    for k, (m, n) in enumerate([(96, 128), (64, 128), (96, 128), (64, 128), (96, 128)]):
+        w, b, _, h = problem(m, n, seed=k)
+        config = QuantConfig(method="framequant", redundancy=1.1, bits=2 if k < 4 else 4)
+        jobs.append(LinearJob(f"layer{k}", w, b, h, config))
+    alone = [quantize_linear(j.weight, j.bias, j.hessian, j.config, j.name) for j in jobs]
+    monkeypatch.setattr(layer_module, "gptq_quantize_many", counting)
+    quantize_linears([jobs[0], jobs[2]])  # same shape, but CPU tensors go one by one unless asked
+    assert calls == [1, 1]
+    calls.clear()
+    together = quantize_linears(jobs, batch=True)
+    assert sorted(calls) == [1, 2, 2]  # (96x128, 2 bits) x2, (64x128, 2 bits) x2, (96x128, 4 bits)
+    for (a, sa), (b, sb), job in zip(alone, together, jobs):
+        assert sb.name == job.name and b.bits == job.config.bits
+        assert (a.codes() == b.codes()).double().mean() > 0.99
+        assert sb.frame_proxy_loss == pytest.approx(sa.frame_proxy_loss, rel=1e-3)
+        x = torch.randn(4, job.weight.shape[1])
+        dense = x.double() @ b.dense_weight().T + job.bias.double()
+        torch.testing.assert_close(b(x).double(), dense, rtol=1e-4, atol=1e-4)
