@@ -118,7 +118,7 @@ def run(name: str, args) -> list[dict]:
     results = [{"model": name, "method": "full precision", "effective_bits": 32.0, "seconds": 0.0,
                 "calibration": "-", **evaluator(adapter=base)}]
     print(results[-1], flush=True)
-    rows = rows_to_run(steps, args.budget, base.family, default_budget(base, QuantConfig(bits=2)))
+    rows = rows_to_run(steps, args.budget, base.family, default_budget(base, QuantConfig(bits=2), args.device))
     plan = [(sources[0], row) for row in rows]
     plan += [(src, row) for src in sources[1:] for row in rows if row.get("default")]
     if args.only:  # the rows named, in the order named; "NAME@SOURCE" for a row of another source

@@ -27,18 +27,23 @@ import torch
 from . import packing
 from .config import QuantConfig
 from .grid import num_groups
-from .layer import quantize_linear, side_recipes
+from .layer import LinearJob, quantize_linears, side_recipes
 
 log = logging.getLogger(__name__)
 
 BITS = (2, 4)
-#: (r, side) choices for FrameQuant; other methods have one (no frames)
-REDUNDANCIES = ((1.0, "both"), (1.1, "input"), (1.1, "both"))
+#: (r, side) choices for FrameQuant; other methods have one (no frames). r 1.1 on both sides is
+#: not offered: the default budgets of MiniLM and SmolLM2-135M chose it for no layer, and measuring
+#: it cost a quarter of the sensitivity pass
+REDUNDANCIES = ((1.0, "both"), (1.1, "input"))
 #: calibration batches on which each layer's effect on the model's output is measured
 PROBE_BATCHES = 16
-#: models of up to this many block weights get a budget by default (:func:`default_budget`): its
-#: sensitivity pass costs four GPTQ runs and a probe of forward passes per layer: about 20 s more
-#: for MiniLM (11M) on two CPU cores, minutes for SmolLM2 (106M)
+#: probe batches of one shape run as one batch of up to this many
+PROBE_STACK = 8
+#: on a CPU, models of up to this many block weights get a budget by default (:func:`default_budget`;
+#: on a GPU every model does): its sensitivity pass costs three GPTQ runs per layer (batched over
+#: the blocks on a GPU) and a probe of forward passes per layer: about 25 s for MiniLM (11M) on two
+#: CPU cores, minutes for SmolLM2 (106M) there; on an H200, SmolLM2's whole quantization took 101 s
 DEFAULT_BUDGET_MAX_WEIGHTS = 50_000_000
 
 
@@ -65,45 +70,76 @@ def output_error(adapter, reference: torch.Tensor, output: torch.Tensor) -> floa
     return float((output.to(torch.float32) - reference.to(torch.float32)).pow(2).sum())
 
 
+def _stacked(batches: list[dict]) -> list[dict]:
+    """``batches`` with runs of up to :data:`PROBE_STACK` consecutive ones whose tensors share
+    their shapes (a causal LM's windows, images) joined into one; the others as they are."""
+    def joins(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.is_tensor(a[k]) and torch.is_tensor(b[k])
+                                            and a[k].shape == b[k].shape for k in a)
+
+    runs: list[list[dict]] = []
+    for batch in batches:
+        if runs and len(runs[-1]) < PROBE_STACK and joins(runs[-1][0], batch):
+            runs[-1].append(batch)
+        else:
+            runs.append([batch])
+    return [run[0] if len(run) == 1 else {k: torch.cat([b[k] for b in run]) for k in run[0]} for run in runs]
+
+
 @torch.no_grad()
 def sensitivities(adapter, config: QuantConfig, batches: list[dict], progress: bool = True) -> dict[str, list[tuple]]:
     """Per layer: ``[(choice, stored bits, loss)]`` over :func:`_choices`, the losses being the
     layer's relative proxy losses scaled so that the 2-bit ``r = 1`` choice's loss is the model's
-    output error with that layer alone quantized so (see the module docstring)."""
+    output error with that layer alone quantized so (see the module docstring). Layers of one
+    shape go through GPTQ together (:func:`~fq_export.layer.quantize_linears`)."""
     from tqdm.auto import tqdm
 
     from .pipeline import collect_hessians, set_submodule, to_device
 
     hessians = collect_hessians(adapter, batches)
-    probe = [to_device(b, adapter.device) for b in batches[:PROBE_BATCHES]]
+    probe = _stacked([to_device(b, adapter.device) for b in batches[:PROBE_BATCHES]])
     reference = [adapter.forward(b) for b in probe]
-    out = {}
     choices = _choices(config)
     key = lambda c: (c.bits, c.redundancy, c.redundancy_side)  # noqa: E731
     probe_choice = next(c for c in choices if c.bits == 2 and (not c.use_frames or key(c)[1:] == (1.0, "both")))
-    for name in tqdm(list(hessians), desc="sensitivity", unit="layer", disable=not progress):
-        linear = adapter.model.get_submodule(name)
-        h = hessians[name].hessian
-        measured = {}
-        for choice in choices:
-            if choice.bits == 2 or (choice.redundancy == 1.0 or not choice.use_frames):
-                layer, stats = quantize_linear(linear.weight, linear.bias, h, choice, name)
-                measured[key(choice)] = stats.frame_proxy_loss
-                if choice is probe_choice:
-                    probe_layer = layer
-        probe_layer.use_dense_weight(True)
-        set_submodule(adapter.model, name, probe_layer)
+    # 4 bits with a frame is estimated (below), not measured
+    measure = [c for c in choices if c.bits == 2 or c.redundancy == 1.0 or not c.use_frames]
+    linears = {name: adapter.model.get_submodule(name) for name in hessians}
+    shapes: dict[tuple, list[str]] = {}
+    for name, linear in linears.items():
+        shapes.setdefault(tuple(linear.weight.shape), []).append(name)
+    measured: dict[str, dict] = {name: {} for name in linears}
+    errors = {}
+
+    def probe_error(name: str, layer) -> float:
+        layer.use_dense_weight(True)
+        set_submodule(adapter.model, name, layer)
         try:
-            error = sum(output_error(adapter, r, adapter.forward(b)) for b, r in zip(probe, reference))
+            return sum(output_error(adapter, r, adapter.forward(b)) for b, r in zip(probe, reference))
         finally:
-            set_submodule(adapter.model, name, linear)
-        scale = error / max(measured[key(probe_choice)], 1e-30)
+            set_submodule(adapter.model, name, linears[name])
+
+    bar = tqdm(total=len(measure) * len(shapes), desc="sensitivity", unit="step", disable=not progress)
+    for choice in measure:
+        for names in shapes.values():
+            jobs = [LinearJob(n, linears[n].weight, linears[n].bias, hessians[n].hessian, choice) for n in names]
+            for name, (layer, stats) in zip(names, quantize_linears(jobs)):
+                measured[name][key(choice)] = stats.frame_proxy_loss
+                if choice is probe_choice:
+                    errors[name] = probe_error(name, layer)
+            bar.update(1)
+    bar.close()
+    del hessians
+    out = {}
+    for name, linear in linears.items():
+        losses = measured[name]
+        scale = errors[name] / max(losses[key(probe_choice)], 1e-30)
+        base2 = losses.get((2, 1.0, "both"))
         rows = []
-        base2 = measured.get((2, 1.0, "both"))
         for choice in choices:
-            loss = measured.get(key(choice))
+            loss = losses.get(key(choice))
             if loss is None:  # 4 bits with a frame: 4-bit r=1 loss times the frame's 2-bit gain
-                loss = measured[(choice.bits, 1.0, "both")] * measured[(2,) + key(choice)[1:]] / max(base2, 1e-30)
+                loss = losses[(choice.bits, 1.0, "both")] * losses[(2,) + key(choice)[1:]] / max(base2, 1e-30)
             rows.append((choice, stored_bits(choice, linear.in_features, linear.out_features, name), loss * scale))
         out[name] = rows
     return out
@@ -157,18 +193,21 @@ def recipe_bits(adapter, config: QuantConfig) -> float:
     return bits / weights
 
 
-def default_budget(adapter, config: QuantConfig) -> float | None:
+def default_budget(adapter, config: QuantConfig, device="cpu") -> float | None:
     """The budget of ``fq-export quantize`` when none is given and ``--r``/``--side`` are left at
-    their defaults: for 2-bit FrameQuant with per-row scales on a model of up to
-    :data:`DEFAULT_BUDGET_MAX_WEIGHTS` block weights, the bits of ``config`` itself, so that the
-    model keeps its size and spends them where its output is most sensitive; otherwise ``None``
-    (the fixed recipe). On MiniLM (seeds 0-3) this raised the embedding cosine to full precision
-    from 0.790 / 0.854 / 0.746 to 0.841 / 0.892 / 0.799 on *Flatland* / docstrings / BBC News."""
+    their defaults: for 2-bit FrameQuant with per-row scales, on a GPU or on a CPU for a model of
+    up to :data:`DEFAULT_BUDGET_MAX_WEIGHTS` block weights, the bits of ``config`` itself, so that
+    the model keeps its size and spends them where its output is most sensitive; otherwise
+    ``None`` (the fixed recipe). On MiniLM (seeds 0-3) this raised the embedding cosine to full
+    precision from 0.789 / 0.854 / 0.746 to 0.841 / 0.892 / 0.801 on *Flatland* / docstrings /
+    BBC News; on SmolLM2-135M (H200) it lowered BBC News perplexity from 105.5 to 85.2."""
     from .pipeline import block_weights
 
     if config.method != "framequant" or config.bits != 2 or config.group_size is not None:
         return None
-    return recipe_bits(adapter, config) if block_weights(adapter) <= DEFAULT_BUDGET_MAX_WEIGHTS else None
+    if torch.device(device).type != "cuda" and block_weights(adapter) > DEFAULT_BUDGET_MAX_WEIGHTS:
+        return None
+    return recipe_bits(adapter, config)
 
 
 def allocate(adapter, config: QuantConfig, batches: list[dict], budget_bits: float,

@@ -525,3 +525,27 @@ def test_budget_weighs_layers_by_their_effect_on_the_output():
     assert chosen["blocks.1.b"].bits == 4 and chosen["blocks.0.a"].bits == 2
     by_proxy = budget.choose(proxies, weights, room)  # the layers' own relative errors pick the other way
     assert by_proxy["blocks.0.a"].bits == 4 and by_proxy["blocks.1.b"].bits == 2
+
+
+def test_probe_batches_stack_only_where_shapes_agree(monkeypatch):
+    monkeypatch.setattr(budget, "PROBE_STACK", 3)
+    win = lambda v: {"input_ids": torch.full((1, 4), v)}  # noqa: E731
+    batches = [win(0), win(1), win(2), win(3), {"input_ids": torch.zeros(1, 5, dtype=torch.long)}, win(5)]
+    stacked = budget._stacked(batches)
+    assert [tuple(b["input_ids"].shape) for b in stacked] == [(3, 4), (1, 4), (1, 5), (1, 4)]
+    assert stacked[0]["input_ids"][:, 0].tolist() == [0, 1, 2]
+    assert stacked[1] is batches[3]
+    loose = [{"a": torch.zeros(2), "b": None}, {"a": torch.ones(2), "b": None}]  # not all tensors: kept apart
+    assert [b is a for a, b in zip(loose, budget._stacked(loose))] == [True, True]
+
+
+def test_default_budget_on_a_cpu_only_for_small_models(monkeypatch):
+    adapter = _toy_adapter()
+    config = QuantConfig(bits=2)
+    fixed = budget.recipe_bits(adapter, config)
+    assert budget.default_budget(adapter, config, "cpu") == pytest.approx(fixed)
+    monkeypatch.setattr(budget, "DEFAULT_BUDGET_MAX_WEIGHTS", 2 * 64 * 64 - 1)  # the toy holds 2 x 64 x 64
+    assert budget.default_budget(adapter, config, "cpu") is None
+    assert budget.default_budget(adapter, config, "cuda") == pytest.approx(fixed)
+    assert budget.default_budget(adapter, QuantConfig(bits=4), "cuda") is None
+    assert budget.default_budget(adapter, QuantConfig(bits=2, group_size=64), "cuda") is None

@@ -55,8 +55,8 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-bits", type=float,
                    help="choose each layer's bits, r and side from its measured effect on the output so that the "
                         "model's effective bits stay at or under this budget (overrides --bits, --r and --side; "
-                        "default: 2-bit FrameQuant with --r and --side not given, on a model of up to 50M block "
-                        "weights, spends the bits of r 1.1 on both sides this way)")
+                        "default: 2-bit FrameQuant with --r and --side not given, on a GPU or on a model of up to "
+                        "50M block weights, spends the bits of r 1.1 on both sides this way)")
     p.add_argument("--calib", help="calibration data: text file/folder, image folder, or hf:NAME[:SPLIT[:FIELD]]; "
                                    "default: offline real data (see README)")
     p.add_argument("--calib-samples", type=int, default=128)
@@ -251,7 +251,7 @@ def _quantize(args):
     e2e_steps = steps if args.e2e_steps is None else args.e2e_steps
     budget = args.budget_bits
     if budget is None and args.r is None and args.side is None:
-        budget = default_budget(adapter, config)
+        budget = default_budget(adapter, config, args.device)
     stats = quantize(adapter, config, batches, progress=not args.no_progress, finetune_steps=steps,
                      budget_bits=budget, e2e_steps=e2e_steps)
     seconds = time.perf_counter() - start
