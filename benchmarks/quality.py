@@ -7,17 +7,18 @@ Every row is one quantization of the model (the same calibration samples for all
 seed), evaluated on named real-text sources (:mod:`calib.corpora`): the calibration corpus' own
 evaluation part (in domain) and BBC News articles (another kind of text: out of domain).
 MiniLM: mean embedding cosine to full precision and top-10 neighbour agreement per source, and
-the Spearman correlation on the STS-B test pairs (human scores). SmolLM2: perplexity per source. Rows: the per-row
-baselines (RTN, GPTQ, QuIP, QuIP+clip), group-wise GPTQ and RTN (RTN with groups of 32 is
-onnxruntime's own weight-only quantizer's math), FrameQuant at r 1.0 / 1.1 both / 1.1 input (and
-r 1.0 with groups of 64), with and without fine-tuning ("+ ftN": N block-wise steps per block,
-then N end-to-end steps, as ``--finetune-steps N`` does; for a causal LM also with its norm
-weights left as they were), and under a bit budget (where the CLI spends the default recipe's
-own bits by a budget, as for MiniLM, that row too: the default); for MiniLM also onnxruntime's
-own 2-bit and 4-bit exports of the fp32 ONNX, evaluated in onnxruntime. ``--calib A,B,...`` runs the
-default recipe once per extra calibration source (how the default source was chosen);
-``--seeds 0,1,2,3`` runs every row once per seed and adds each figure's mean and spread over
-them. Writes ``quality_<model>.{json,md,png}``.
+the Spearman correlation on the STS-B test pairs (human scores). SmolLM2: perplexity per
+source. Rows: the per-row baselines (RTN, GPTQ, QuIP, QuIP+clip), group-wise GPTQ and RTN (RTN
+with groups of 32 is onnxruntime's own weight-only quantizer's math), FrameQuant at r 1.0 / 1.1
+both / 1.1 input (and r 1.0 with groups of 64), with and without fine-tuning ("+ ftN": N
+block-wise steps per block, then N end-to-end steps, as ``--finetune-steps N`` does; for a causal
+LM also with its norm weights left as they were), and under a bit budget (where the CLI spends
+the default recipe's own bits by a budget, as for MiniLM on a CPU and every model on a GPU, that
+row too: the default); for MiniLM also onnxruntime's own 2-bit and 4-bit exports of the fp32
+ONNX, evaluated in onnxruntime. ``--calib A,B,...`` runs the default recipe once per extra
+calibration source (how the default source was chosen); ``--seeds 0,1,2,3`` runs every row once
+per seed and adds each figure's mean and spread over them. Writes
+``quality_<model>.{json,md,png}``.
 """
 from __future__ import annotations
 

@@ -96,7 +96,8 @@ def sensitivities(adapter, config: QuantConfig, batches: list[dict], progress: b
 
     from .pipeline import collect_hessians, set_submodule, to_device
 
-    hessians = collect_hessians(adapter, batches)
+    # each layer's X X^T / N once: every choice below quantizes against it
+    hessians = {name: acc.hessian for name, acc in collect_hessians(adapter, batches).items()}
     probe = _stacked([to_device(b, adapter.device) for b in batches[:PROBE_BATCHES]])
     reference = [adapter.forward(b) for b in probe]
     choices = _choices(config)
@@ -122,7 +123,7 @@ def sensitivities(adapter, config: QuantConfig, batches: list[dict], progress: b
     bar = tqdm(total=len(measure) * len(shapes), desc="sensitivity", unit="step", disable=not progress)
     for choice in measure:
         for names in shapes.values():
-            jobs = [LinearJob(n, linears[n].weight, linears[n].bias, hessians[n].hessian, choice) for n in names]
+            jobs = [LinearJob(n, linears[n].weight, linears[n].bias, hessians[n], choice) for n in names]
             for name, (layer, stats) in zip(names, quantize_linears(jobs)):
                 measured[name][key(choice)] = stats.frame_proxy_loss
                 if choice is probe_choice:
